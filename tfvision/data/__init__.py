@@ -1,0 +1,1 @@
+"""Data: the built-in shapes data set, COCO/VOC/TFDS loaders, transforms, targets."""

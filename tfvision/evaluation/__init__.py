@@ -1,0 +1,1 @@
+"""Evaluation: COCO AP (pycocotools), VOC AP, segmentation mIoU."""

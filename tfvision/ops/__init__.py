@@ -1,0 +1,1 @@
+"""Pure tensor functions (no Keras state): box formats, anchors, NMS, ROI ops, unpooling."""
