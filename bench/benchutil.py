@@ -1,0 +1,66 @@
+"""Timing and reporting helpers shared by tfvision's benchmarks (medians, machine and versions)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+
+def quick() -> bool:
+    """BENCH_QUICK=1: a smoke run with tiny counts (numbers meaningless), used by the tests of bench/."""
+    return bool(os.environ.get("BENCH_QUICK"))
+
+
+def repeat_timed(fn, repeats: int = 5, warmup: int = 1) -> list[float]:
+    """Calls fn() `warmup` times untimed, then `repeats` times; returns seconds per call."""
+    if quick():
+        repeats, warmup = 2, 1
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def machine_info() -> dict:
+    """CPU model, core count, Python and library versions: printed with every result table."""
+    info = {"python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Model name":
+                info["cpu"] = value.strip()
+    except OSError:
+        pass
+    try:
+        import keras
+        import numpy
+        import tensorflow as tf
+
+        info.update(tensorflow=tf.__version__, keras=keras.__version__, numpy=numpy.__version__)
+    except ImportError:
+        pass
+    return info
+
+
+def md_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Markdown table; columns are (header, key, format) with format like '{:.1f}' or ''."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        cells = []
+        for _, key, fmt in columns:
+            value = row.get(key, "")
+            cells.append(fmt.format(value) if fmt and value != "" else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
