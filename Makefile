@@ -14,13 +14,15 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m tfvision.demo --out $(DEMO_DIR)
+	$(VENV)/bin/tfvision data make-shapes --out $(DEMO_DIR)/shapes --train 2000 --val 200 --size 128 --seed 0 --overwrite
+	$(VENV)/bin/tfvision data stats $(DEMO_DIR)/shapes
+	$(VENV)/bin/tfvision data show $(DEMO_DIR)/shapes --split val --num 16 --out $(DEMO_DIR)/grid.png
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/data_pipeline.py --out bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -13,6 +13,9 @@ import argparse
 import os
 import sys
 
+# TensorFlow's C++ start-up chatter is not for users of a command line.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 
 def main(argv=None) -> int:
     parser = build_parser()
