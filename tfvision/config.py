@@ -56,11 +56,105 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class BackboneConfig:
+    """A feature extractor: `tiny` (a small VGG-style net for tests and shapes) or a keras.applications
+    network (`vgg16`, `resnet50`, `mobilenetv2`) with `weights` `imagenet`, `none` or a weights file path."""
+
+    name: str = "tiny"
+    weights: str = "none"
+    width: int = 16
+    freeze_epochs: int = 0
+
+
+@dataclasses.dataclass
+class FCNConfig:
+    """FCN-32s / 16s / 8s: how many pooling stages' skips are fused before the last upsampling."""
+
+    variant: Literal["32s", "16s", "8s"] = "8s"
+
+
+@dataclasses.dataclass
+class SegNetConfig:
+    """Encoder-decoder whose decoder mirrors the encoder stage for stage."""
+
+    upsampling: Literal["unpool", "transpose", "tied"] = "unpool"
+
+
+@dataclasses.dataclass
+class UNetConfig:
+    """U-Net: `depth` down/up stages from `base_filters` channels (doubling per stage), or on `backbone`."""
+
+    depth: int = 4
+    base_filters: int = 16
+    use_backbone: bool = False
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which architecture to build (`name`) and the options of each family.
+
+    `num_classes` counts object classes K; segmentation models predict K + 1 channels (0 = background).
+    """
+
+    name: Literal["unet", "fcn", "segnet"] = "unet"
+    num_classes: int = 4
+    backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)
+    fcn: FCNConfig = dataclasses.field(default_factory=FCNConfig)
+    segnet: SegNetConfig = dataclasses.field(default_factory=SegNetConfig)
+    unet: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Per-pixel softmax cross entropy (with ignore label 255 and optional class weights), or Dice, or both."""
+
+    kind: Literal["cross_entropy", "dice", "cross_entropy+dice"] = "cross_entropy"
+    class_weights: tuple[float, ...] = ()
+    ignore_label: int = 255
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How `tfvision train` fits the model.
+
+    `strategy`: `default`, `mirrored` (all local devices), `multi_worker` (from TF_CONFIG) or `tpu`.
+    `schedule`: `constant`, `cosine` or `step`; the rate warms up linearly over `warmup_steps`.
+    `model_dir` holds checkpoints, the backup for resuming, TensorBoard logs and the label map.
+    """
+
+    epochs: int = 10
+    steps_per_epoch: int = 0
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    warmup_steps: int = 0
+    strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = "default"
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    eval_every_epochs: int = 1
+    model_dir: str = "runs/experiment"
+    seed: int = 0
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """Where `tfvision export` writes: `<root>/<experiment name>/<version>/`."""
+
+    root: str = "saved_models"
+
+
+@dataclasses.dataclass
 class ExperimentConfig:
     """One experiment: its name (the export folder under saved_models/) and its parts."""
 
     name: str = "experiment"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
 
 def load_config(path: str, overrides=()) -> ExperimentConfig:
