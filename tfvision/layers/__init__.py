@@ -1,0 +1,4 @@
+"""Keras layers that wrap tfvision ops: each registered, serializable, and usable under mixed precision."""
+
+from tfvision.layers.tied_conv import TiedConv2DTranspose
+from tfvision.layers.unpooling import MaxPoolingWithArgmax2D, MaxUnpooling2D
