@@ -216,7 +216,7 @@ def _check_options(base, options):
             "load_tfds('coco/2017', masks=True): TFDS coco/2017 has no instance masks (only boxes and "
             "labels). "
             "For Mask R-CNN, load the COCO folder (images + instances_*.json) with "
-            "tfvision.data.coco.load_coco(..., masks=True)."
+            "tfvision.data.coco.load_coco(..., include_masks=True)."
         )
     if opts["masks"] and base.startswith("voc/"):
         raise ValueError(
