@@ -335,7 +335,7 @@ def test_pet_handmade_segmentation_and_head_box(pet_classes, class_id, names):
 
 def test_pet_boxes_and_masks_from_trimap():
     with _handmade_mock(_pet_examples()):
-        ds, (first, second), _ = _load("oxford_iiit_pet", max_instances=2, pet_boxes="mask", masks=True)
+        ds, (first, second), _ = _load("oxford_iiit_pet", max_instances=2, pet_boxes="mask", include_masks=True)
     _check_structure(ds, [first, second], 2, masks=True)
     # Pet pixels: rows 1..3, columns 2..4 -> [ymin, xmin, ymax + 1, xmax + 1].
     np.testing.assert_allclose(first["boxes"], [[1, 2, 4, 5], [0, 0, 0, 0]])
@@ -386,17 +386,17 @@ def test_unknown_name_lists_supported():
 
 def test_coco_masks_point_to_coco_folder_loader():
     with pytest.raises(ValueError, match=r"no instance masks.*tfvision\.data\.coco\.load_coco"):
-        load_tfds("coco/2017", "train", masks=True)
+        load_tfds("coco/2017", "train", include_masks=True)
 
 
 @pytest.mark.parametrize(
     "name, options, pattern",
     [
-        ("voc/2007", {"masks": True}, "no instance masks"),
+        ("voc/2007", {"include_masks": True}, "no instance masks"),
         ("voc/2012", {"pet_classes": "breed"}, r"unknown option.*pet_classes"),
         ("oxford_iiit_pet", {"pet_classes": "cats"}, "pet_classes='cats'"),
         ("oxford_iiit_pet", {"pet_boxes": "body"}, "pet_boxes='body'"),
-        ("oxford_iiit_pet", {"masks": True}, "masks=True needs pet_boxes='mask'"),
+        ("oxford_iiit_pet", {"include_masks": True}, "include_masks=True needs pet_boxes='mask'"),
         ("coco/2017", {"max_instances": 0}, "max_instances must be at least 1"),
     ],
 )

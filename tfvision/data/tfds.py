@@ -8,7 +8,7 @@ maps every TFDS example, inside `tf.data`, to the per-image example dict that al
     classes       int32   [N]     contiguous ids 1..K, -1 = padding
     is_crowd      bool    [N]
     difficult     bool    [N]
-    masks         uint8   [N, H, W] 0/1, only when asked for (`masks=True`) and the data set has them
+    masks         uint8   [N, H, W] 0/1, only when asked for (`include_masks=True`) and the data set has them
     segmentation  int32   [H, W]  class id per pixel, 0 = background, 255 = ignore/unknown
     image_id      int64   []
     original_size int32   [2]     (height, width)
@@ -59,10 +59,10 @@ IGNORE = 255
 _TRIMAP_PET, _TRIMAP_BACKGROUND, _TRIMAP_BORDER = 1, 2, 3
 
 _OPTIONS = {
-    "coco/2017": {"masks": False},
-    "voc/2007": {"masks": False},
-    "voc/2012": {"masks": False},
-    "oxford_iiit_pet": {"masks": False, "pet_classes": "binary", "pet_boxes": None},
+    "coco/2017": {"include_masks": False},
+    "voc/2007": {"include_masks": False},
+    "voc/2012": {"include_masks": False},
+    "oxford_iiit_pet": {"include_masks": False, "pet_classes": "binary", "pet_boxes": None},
 }
 
 
@@ -81,7 +81,7 @@ def load_tfds(name, split, data_dir=None, max_instances=100, download=False, **o
       detection annotation; images without one, e.g. the whole test split, then have no object). With
       `pet_boxes="mask"` (the default if this TFDS version has no `head_bbox`) the box is derived from the
       trimap: the tight box `[ymin, xmin, ymax + 1, xmax + 1]` around the pet pixels (value 1), and
-      `masks=True` gives those pixels as the instance mask. `image_id` is a FarmHash of the file name
+      `include_masks=True` gives those pixels as the instance mask. `image_id` is a FarmHash of the file name
       (the file names' digits are not unique across breeds).
 
     Args:
@@ -140,9 +140,9 @@ def load_tfds(name, split, data_dir=None, max_instances=100, download=False, **o
                 f"load_tfds('{name}'): pet_boxes='head' but this TFDS version has no 'head_bbox' feature; "
                 "pass pet_boxes='mask' to derive the box from the trimap."
             )
-        if opts["masks"] and pet_boxes != "mask":
+        if opts["include_masks"] and pet_boxes != "mask":
             raise ValueError(
-                f"load_tfds('{name}'): masks=True needs pet_boxes='mask': the instance mask covers the whole "
+                f"load_tfds('{name}'): include_masks=True needs pet_boxes='mask': the instance mask covers the whole "
                 "pet, a head box would not match it."
             )
         label_map = _pet_label_map(features, opts["pet_classes"])
@@ -151,7 +151,7 @@ def load_tfds(name, split, data_dir=None, max_instances=100, download=False, **o
             n=max_instances,
             pet_classes=opts["pet_classes"],
             pet_boxes=pet_boxes,
-            masks=opts["masks"],
+            masks=opts["include_masks"],
         )
     return raw.map(fn, num_parallel_calls=tf.data.AUTOTUNE), label_map
 
@@ -211,16 +211,16 @@ def _check_options(base, options):
             f"load_tfds('{base}') got unknown option(s) {unknown}; it accepts {sorted(allowed)}."
         )
     opts = {**allowed, **options}
-    if opts["masks"] and base == "coco/2017":
+    if opts["include_masks"] and base == "coco/2017":
         raise ValueError(
-            "load_tfds('coco/2017', masks=True): TFDS coco/2017 has no instance masks (only boxes and "
+            "load_tfds('coco/2017', include_masks=True): TFDS coco/2017 has no instance masks (only boxes and "
             "labels). "
             "For Mask R-CNN, load the COCO folder (images + instances_*.json) with "
-            "tfvision.data.coco.load_coco(..., include_masks=True)."
+            "tfvision.data.coco.load_coco(..., include_include_masks=True)."
         )
-    if opts["masks"] and base.startswith("voc/"):
+    if opts["include_masks"] and base.startswith("voc/"):
         raise ValueError(
-            f"load_tfds('{base}', masks=True): TFDS {base} has no instance masks (only boxes and labels); "
+            f"load_tfds('{base}', include_masks=True): TFDS {base} has no instance masks (only boxes and labels); "
             "load without masks, or use a COCO-format folder with tfvision.data.coco.load_coco."
         )
     if base == "oxford_iiit_pet":
