@@ -1,0 +1,31 @@
+"""Export for serving: SavedModels with the TF Serving contract, and client-side request helpers."""
+
+from tfvision.export.saved_model import (
+    SegmentationServingModule,
+    ServingModule,
+    export_segmentation,
+    export_serving_module,
+)
+from tfvision.export.serving import (
+    grpc_predict_inputs,
+    parse_grpc_outputs,
+    parse_predict_response,
+    predict_request,
+    predict_request_json,
+    predict_url,
+    read_labels,
+)
+
+__all__ = [
+    "SegmentationServingModule",
+    "ServingModule",
+    "export_segmentation",
+    "export_serving_module",
+    "grpc_predict_inputs",
+    "parse_grpc_outputs",
+    "parse_predict_response",
+    "predict_request",
+    "predict_request_json",
+    "predict_url",
+    "read_labels",
+]
