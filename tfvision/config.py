@@ -118,7 +118,8 @@ class TrainConfig:
     """How `tfvision train` fits the model.
 
     `strategy`: `default`, `mirrored` (all local devices), `multi_worker` (from TF_CONFIG) or `tpu`.
-    `schedule`: `constant`, `cosine` or `step`; the rate warms up linearly over `warmup_steps`.
+    `schedule`: `constant`, `cosine` (to 0 at the end of training) or `step` (multiplied by `decay_rate` after
+    each epoch listed in `decay_epochs`); the rate warms up linearly over `warmup_steps`.
     `model_dir` holds checkpoints, the backup for resuming, TensorBoard logs and the label map.
     """
 
@@ -130,6 +131,8 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     warmup_steps: int = 0
+    decay_epochs: tuple[int, ...] = ()
+    decay_rate: float = 0.1
     strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = "default"
     mixed_precision: bool = False
     jit_compile: bool = False
