@@ -3,6 +3,10 @@
     tfvision data make-shapes --out DIR --train N --val M --size S --seed K
     tfvision data show DIR --out grid.png
     tfvision data stats DIR
+    tfvision train --config configs/shapes/unet.yaml [--set key=value ...]
+    tfvision evaluate --config ... [--checkpoint FILE]
+    tfvision export --config ... [--version N]
+    tfvision predict --model saved_models/<experiment>/<version> IMAGES ... --out DIR
 
 TensorFlow is imported only by the commands that need it, so `tfvision --help` answers at once.
 """
@@ -25,7 +29,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.run(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         # Errors the user can fix: one clear line, no traceback.
         print(f"tfvision: error: {e}", file=sys.stderr)
         return 1
@@ -63,7 +67,78 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("dir", help="a COCO-format folder")
     stats.add_argument("--split", action="append", help="split(s) to describe (default: every split found)")
     stats.set_defaults(run=_stats)
+
+    train = commands.add_parser("train", help="train the model of an experiment config")
+    _config_arguments(train)
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a trained model on the val split")
+    _config_arguments(evaluate)
+    evaluate.add_argument("--checkpoint", help="a .keras file (default: <train.model_dir>/checkpoints/best.keras)")
+    evaluate.set_defaults(run=_evaluate)
+
+    export = commands.add_parser("export", help="write a SavedModel for TF Serving")
+    _config_arguments(export)
+    export.add_argument("--checkpoint", help="a .keras file (default: <train.model_dir>/checkpoints/best.keras)")
+    export.add_argument("--version", type=int, help="version folder number (default: the next free one)")
+    export.set_defaults(run=_export)
+
+    predict = commands.add_parser("predict", help="run an exported model on images and draw the results")
+    predict.add_argument("--model", required=True, help="an export folder, saved_models/<experiment>/<version>")
+    predict.add_argument("images", nargs="+", help="image files (JPEG or PNG)")
+    predict.add_argument("--out", required=True, help="folder for the PNG overlays")
+    predict.set_defaults(run=_predict)
     return parser
+
+
+def _config_arguments(parser):
+    parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/shapes/unet.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=2 (repeatable)")
+
+
+def _load(args):
+    from tfvision import tasks
+    from tfvision.config import load_config
+
+    config = load_config(args.config, overrides=args.set)
+    return config, tasks.task_for(config)
+
+
+def _print_metrics(metrics: dict, indent: str = "") -> None:
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            print(f"{indent}{key}:")
+            _print_metrics(value, indent + "  ")
+        else:
+            print(f"{indent}{key}: {value:.4f}" if isinstance(value, float) else f"{indent}{key}: {value}")
+
+
+def _train(args) -> int:
+    config, task = _load(args)
+    _print_metrics(task.train(config))
+    return 0
+
+
+def _evaluate(args) -> int:
+    config, task = _load(args)
+    _print_metrics(task.evaluate(config, checkpoint=args.checkpoint))
+    return 0
+
+
+def _export(args) -> int:
+    config, task = _load(args)
+    path = task.export(config, checkpoint=args.checkpoint, version=args.version)
+    print(f"exported to {path}")
+    return 0
+
+
+def _predict(args) -> int:
+    from tfvision.predict import predict_images
+
+    written = predict_images(args.model, args.images, args.out)
+    print(f"wrote {len(written)} overlays to {args.out}")
+    return 0
 
 
 def _make_shapes(args) -> int:
