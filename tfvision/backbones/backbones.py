@@ -55,6 +55,7 @@ import keras
 import numpy as np
 
 from tfvision.layers import MaxPoolingWithArgmax2D
+from tfvision.layers.batch_norm import batch_norm
 
 BACKBONES = ("mobilenetv2", "resnet50", "tiny", "vgg16")
 # Encoders made of conv stages each ended by a max pool: the only ones with pooling indices to unpool with.
@@ -286,7 +287,7 @@ def _build_plain(name, width, input_shape, pool_indices, weights):
         for j in range(1, num_convs + 1):
             if name == "tiny":
                 x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{k}_conv{j}")(x)
-                x = keras.layers.BatchNormalization(name=f"block{k}_bn{j}")(x)
+                x = batch_norm(f"block{k}_bn{j}")(x)
                 x = keras.layers.ReLU(name=f"block{k}_relu{j}")(x)
             else:
                 x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{k}_conv{j}")(x)

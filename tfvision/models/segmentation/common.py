@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfvision.layers.batch_norm import batch_norm
+
 
 @keras.saving.register_keras_serializable(package="tfvision")
 class ResizeLike(keras.layers.Layer):
@@ -45,7 +47,7 @@ class ResizeLike(keras.layers.Layer):
 def conv_bn_relu(x, filters, name, kernel_size=3):
     """3x3 'same' conv (no bias: BatchNorm follows), BatchNorm, ReLU; layers named `{name}_conv` etc."""
     x = keras.layers.Conv2D(filters, kernel_size, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = batch_norm(f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 

@@ -26,6 +26,7 @@ import keras
 
 from tfvision.backbones import POOLING_BACKBONES, build_backbone, check_input_shape, encoder_stages
 from tfvision.layers import MaxUnpooling2D, TiedConv2DTranspose
+from tfvision.layers.batch_norm import batch_norm
 from tfvision.models.segmentation.common import ResizeLike, check_num_classes, logits_head
 
 UPSAMPLING_MODES = ("unpool", "transpose", "tied")
@@ -91,7 +92,7 @@ def build_segnet(model_config, input_shape=(None, None, 3)):
                 x = TiedConv2DTranspose(encoder_conv, use_bias=False, name=f"{prefix}_conv{j}")([x, like])
             else:
                 x = keras.layers.Conv2D(in_channels, 3, padding="same", use_bias=False, name=f"{prefix}_conv{j}")(x)
-            x = keras.layers.BatchNormalization(name=f"{prefix}_bn{j}")(x)
+            x = batch_norm(f"{prefix}_bn{j}")(x)
             x = keras.layers.ReLU(name=f"{prefix}_relu{j}")(x)
     logits = logits_head(x, num_classes, kernel_size=3)
     return keras.Model(inputs, logits, name=f"segnet_{mode}")
