@@ -7,6 +7,7 @@
     tfvision evaluate --config ... [--checkpoint FILE]
     tfvision export --config ... [--version N]
     tfvision predict --model saved_models/<experiment>/<version> IMAGES ... --out DIR
+    tfvision tune --config ... --tuner random|bayesian|hyperband --max-trials N [--out best.yaml]
 
 TensorFlow is imported only by the commands that need it, so `tfvision --help` answers at once.
 """
@@ -88,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files (JPEG or PNG)")
     predict.add_argument("--out", required=True, help="folder for the PNG overlays")
     predict.set_defaults(run=_predict)
+
+    tune = commands.add_parser("tune", help="search the config's search.space with Keras Tuner")
+    _config_arguments(tune)
+    tune.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random",
+                      help="search algorithm (default: random)")
+    tune.add_argument("--max-trials", type=int, default=10, help="number of models to train (default: 10)")
+    tune.add_argument("--out", help="YAML file for the best trial's config (default: <train.model_dir>/best.yaml)")
+    tune.add_argument("--overwrite", action="store_true",
+                      help="start over even if <train.model_dir>/tuning holds an earlier search")
+    tune.set_defaults(run=_tune)
     return parser
 
 
@@ -130,6 +141,19 @@ def _export(args) -> int:
     config, task = _load(args)
     path = task.export(config, checkpoint=args.checkpoint, version=args.version)
     print(f"exported to {path}")
+    return 0
+
+
+def _tune(args) -> int:
+    from tfvision.config import load_config
+    from tfvision.tuning import run_search
+
+    config = load_config(args.config, overrides=args.set)
+    result = run_search(config, tuner=args.tuner, max_trials=args.max_trials, out=args.out, overwrite=args.overwrite)
+    print(f"best of {result.num_trials} trial(s): {result.objective} = {result.score:.4f} ({result.direction})")
+    for key, value in result.values.items():
+        print(f"  {key}: {value:.6g}" if isinstance(value, float) else f"  {key}: {value}")
+    print(f"wrote {result.config_path}; train it with: tfvision train --config {result.config_path}")
     return 0
 
 

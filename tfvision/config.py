@@ -4,7 +4,8 @@ A YAML file fills an `ExperimentConfig`. Every key must name a field of the sche
 misspelled key is an error that names its full path (`data.image_sze`), never silently ignored, and a value
 of the wrong type is an error too. A file may start from another one with `base: other.yaml` (a path
 relative to the file); its own keys then override the base's, section by section. Command-line overrides
-(`--set data.image_size=256`) are applied last, with the same checks.
+(`--set data.image_size=256`) are applied last, with the same checks. An optional `search:` section describes
+a hyperparameter search over these keys for `tfvision tune` (see `SearchConfig`); training ignores it.
 
 Example:
     config = load_config("configs/shapes/unet.yaml", overrides=["data.image_size=64"])
@@ -150,6 +151,70 @@ class ExportConfig:
 
 
 @dataclasses.dataclass
+class SearchParamConfig:
+    """The range one config key is searched over (an entry of `search.space`).
+
+    `float`: `min` < `max`, `sampling` linear (default) or log (then `min` > 0), optional `step`.
+    `int`: integer `min` < `max`, optional integer `step` (default 1), `sampling` linear or log.
+    `choice`: `values`, a non-empty list of values of the key's type. `boolean`: true or false.
+    Options of another type are errors (they would be ignored). Write exponents with a dot (`1.0e-4`): YAML
+    reads `1e-4` as a string.
+    """
+
+    type: Literal["float", "int", "choice", "boolean"] | None = None  # required
+    min: float | None = None  # stored as int for type int, as are max and step
+    max: float | None = None
+    step: float | None = None
+    sampling: Literal["linear", "log"] | None = None
+    values: list[Any] | None = None
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """A hyperparameter search for `tfvision tune` (Keras Tuner); training ignores this section.
+
+    `space` maps dotted config keys (`train.learning_rate`, `model.unet.base_filters`) to their ranges; each
+    key must name a value of this schema, and the range must fit its type. `objective` is a metric that
+    `fit` logs (`val_loss`, `val_mean_iou`, ...); `direction` `auto` minimizes names with a `loss` or `error`
+    part and maximizes those with `iou`, `accuracy`, `acc`, `auc`, `precision`, `recall` or `ap`.
+
+    Example (YAML):
+        search:
+          objective: val_mean_iou
+          space:
+            train.learning_rate: {type: float, min: 1.0e-4, max: 1.0e-2, sampling: log}
+            model.unet.base_filters: {type: choice, values: [8, 16, 32]}
+    """
+
+    objective: str = "val_loss"
+    direction: Literal["auto", "min", "max"] = "auto"
+    space: dict[str, SearchParamConfig] = dataclasses.field(default_factory=dict)
+
+    def resolved_direction(self) -> str:
+        """`min` or `max`: `direction`, or inferred from the objective's name when it is `auto`."""
+        if self.direction != "auto":
+            return self.direction
+        parts = set(self.objective.lower().split("_"))
+        if parts & {"loss", "error"}:
+            return "min"
+        if parts & {"iou", "accuracy", "acc", "auc", "precision", "recall", "ap"}:
+            return "max"
+        raise ConfigError(
+            f"search.direction is auto but whether a higher or lower '{self.objective}' is better cannot be told "
+            "from its name; set search.direction to max or min."
+        )
+
+    def _check(self, where: str, prefix: str) -> None:
+        # Called by from_dict: checks that need the whole schema (see _check_search_param).
+        try:
+            self.resolved_direction()
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        for key, param in self.space.items():
+            _check_search_param(key, param, where, f'{prefix}space["{key}"]')
+
+
+@dataclasses.dataclass
 class ExperimentConfig:
     """One experiment: its name (the export folder under saved_models/) and its parts."""
 
@@ -158,6 +223,7 @@ class ExperimentConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
 
 
 def load_config(path: str, overrides=()) -> ExperimentConfig:
@@ -201,7 +267,10 @@ def from_dict(schema, data: Any, where: str = "config", prefix: str = ""):
     values = {}
     for name, value in data.items():
         values[name] = _coerce(hints[name], value, where, f"{prefix}{name}")
-    return schema(**values)
+    result = schema(**values)
+    if hasattr(result, "_check"):  # checks across fields, or against the whole schema
+        result._check(where, prefix)
+    return result
 
 
 def to_dict(config) -> dict:
@@ -253,7 +322,8 @@ def _coerce(hint, value, where, key):
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}.")
-        return dict(value)
+        item = args[1] if args else Any
+        return {k: _coerce(item, v, where, f'{key}["{k}"]') for k, v in value.items()}
     if hint is Any:
         return value
     if hint is bool:
@@ -280,6 +350,72 @@ def _did_you_mean(name, fields) -> str:
 
     close = difflib.get_close_matches(name, list(fields), n=1)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _field_hint(dotted: str, where: str, key: str):
+    """The schema type of the value at `dotted` (e.g. `model.unet.base_filters`), or a ConfigError."""
+    schema = ExperimentConfig
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        section = ".".join(parts[:i]) or "<top level>"
+        fields = {f.name for f in dataclasses.fields(schema)}
+        if part not in fields:
+            raise ConfigError(
+                f"{where}: '{key}' names no config key: '{section}' has no key '{part}'. Valid keys there: "
+                f"{', '.join(sorted(fields))}." + _did_you_mean(part, fields)
+            )
+        schema = typing.get_type_hints(schema)[part]
+        if i < len(parts) - 1 and not dataclasses.is_dataclass(schema):
+            raise ConfigError(f"{where}: '{key}' names no config key: '{'.'.join(parts[:i + 1])}' is a value.")
+    if dataclasses.is_dataclass(schema):
+        raise ConfigError(f"{where}: '{key}' is a section, not a value; name one of its keys, e.g. '{dotted}.…'.")
+    return schema
+
+
+def _check_search_param(dotted: str, param: "SearchParamConfig", where: str, key: str) -> None:
+    """Checks one `search.space` entry against the type of the config value it varies."""
+    if dotted.split(".")[0] == "search" or dotted == "train.strategy":
+        raise ConfigError(f"{where}: '{key}': '{dotted}' cannot be searched (it is fixed for the whole search).")
+    hint = _field_hint(dotted, where, key)
+    if param.type is None:
+        raise ConfigError(f"{where}: '{key}' has no type; set type to float, int, choice or boolean.")
+    allowed = {"float": {"min", "max", "step", "sampling"}, "int": {"min", "max", "step", "sampling"},
+               "choice": {"values"}, "boolean": set()}[param.type]
+    extra = [f.name for f in dataclasses.fields(param)
+             if f.name != "type" and f.name not in allowed and getattr(param, f.name) is not None]
+    if extra:
+        raise ConfigError(f"{where}: '{key}.{extra[0]}' does not apply to type {param.type}; remove it.")
+    if param.type == "choice":
+        if not param.values:
+            raise ConfigError(f"{where}: '{key}.values' must be a non-empty list of values for '{dotted}'.")
+        if typing.get_origin(hint) in (tuple, list):
+            raise ConfigError(f"{where}: '{key}': '{dotted}' holds a list, which cannot be searched.")
+        # Coerced to the key's type (e.g. 1 -> 1.0 for a float key): Keras Tuner wants one type per choice.
+        param.values = [_coerce(hint, v, where, f"{key}.values[{i}]") for i, v in enumerate(param.values)]
+        return
+    if param.type == "boolean":
+        if hint is not bool:
+            raise ConfigError(f"{where}: '{key}': type boolean, but '{dotted}' is not true/false; use choice.")
+        return
+    if hint is not (float if param.type == "float" else int) and not (param.type == "int" and hint is float):
+        raise ConfigError(
+            f"{where}: '{key}': type {param.type} does not fit '{dotted}' ({getattr(hint, '__name__', hint)}); "
+            "use type choice with a list of its values" + (", or type int." if hint is int else ".")
+        )
+    if param.min is None or param.max is None:
+        raise ConfigError(f"{where}: '{key}' (type {param.type}) needs both min and max.")
+    if param.type == "int":
+        for name in ("min", "max", "step"):
+            value = getattr(param, name)
+            if value is not None and not float(value).is_integer():
+                raise ConfigError(f"{where}: '{key}.{name}' must be an integer for type int, got {value!r}.")
+            setattr(param, name, None if value is None else int(value))
+    if not param.min < param.max:
+        raise ConfigError(f"{where}: '{key}': min ({param.min:g}) must be below max ({param.max:g}).")
+    if param.step is not None and param.step <= 0:
+        raise ConfigError(f"{where}: '{key}.step' must be positive, got {param.step:g}.")
+    if param.sampling == "log" and param.min <= 0:
+        raise ConfigError(f"{where}: '{key}': log sampling needs min > 0, got {param.min:g}.")
 
 
 def _read_with_bases(path: str, seen: tuple) -> dict:
