@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfvision.data import transforms
+from tfvision.data import coco, synthetic, transforms
 from tfvision.data.pipeline import build_input_pipeline
 
 N = 4
@@ -196,3 +196,81 @@ def test_cache(tmp_path, in_files):
     assert_same(batches(pipeline), batches(pipeline))
     if in_files:
         assert any(p.name.startswith("cache") for p in tmp_path.iterdir())
+
+
+def per_example_reference(examples, size, seed, flip_probability=0.5, scale_range=(0.5, 2.0)):
+    """What the training pipeline (shuffle_buffer=0) promises for each example, from the per-example
+    transforms: the geometry drawn from its seed (the first epoch of Dataset.random(seed)), applied in full.
+    Returns (examples as NumPy dicts, whether each was flipped)."""
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+    out, flips = [], []
+    for example, example_seed in zip(examples, seeds):
+        example = {k: tf.constant(v) for k, v in example.items()}
+        geometry = transforms.scale_crop_geometry(tf.shape(example["images"])[:2], size, scale_range, example_seed,
+                                                  flip_probability)
+        out.append(to_numpy(transforms.transform_objects(transforms.transform_pixels(example, geometry, size),
+                                                         geometry, size, min_box_area=1.0)))
+        flips.append(bool(geometry["flip"]))
+    return out, flips
+
+
+def to_numpy(example):
+    return {k: v.numpy() for k, v in example.items()}
+
+
+def test_training_batches_equal_the_per_example_transforms():
+    dataset, examples = make_dataset()
+    want, flips = per_example_reference(examples, 40, seed=7)
+    assert set(flips) == {False, True}  # both kinds of example are checked
+    # Without masks the boxes are transformed after batching; with masks, per example. Both must agree
+    # with the per-example transforms bit for bit.
+    for keys in (("images", "boxes", "classes", "is_crowd", "difficult", "segmentation", "image_scale"), None):
+        out = batches(build_input_pipeline(dataset, 40, 5, training=True, shuffle_buffer=0, seed=7, keys=keys))
+        assert len(out) == 1
+        for i, reference in enumerate(want):
+            for key in out[0]:
+                np.testing.assert_array_equal(out[0][key][i], reference[key], err_msg=f"{key}, example {i}")
+
+
+def test_eval_without_masks_equals_resize_and_pad():
+    dataset, examples = make_dataset()
+    keys = ("images", "boxes", "classes", "is_crowd", "image_scale", "image_id")
+    out = batches(build_input_pipeline(dataset, 48, 2, training=False, keys=keys))
+    flat = [{k: b[k][i] for k in b} for b in out for i in range(len(b["images"]))]
+    assert len(flat) == len(examples)
+    for got, example in zip(flat, examples):
+        want = to_numpy(transforms.resize_and_pad({k: tf.constant(v) for k, v in example.items()}, 48))
+        for key in keys:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_flip_options_are_checked():
+    dataset, _ = make_dataset()
+    never = batches(build_input_pipeline(dataset, 40, 5, training=True, augment={"flip": {"probability": 0.0}},
+                                         shuffle_buffer=0, seed=0))
+    plain = batches(build_input_pipeline(dataset, 40, 5, training=True, augment=(), shuffle_buffer=0))
+    assert_same(never, plain)
+    with pytest.raises(ValueError, match="probability"):
+        build_input_pipeline(dataset, 40, 2, training=True, augment={"flip": {"p": 0.3}})
+
+
+def test_loader_does_no_work_for_dropped_keys(tmp_path, monkeypatch):
+    """With map fusion the key selection joins the COCO loader's map, and its semantic map (drawn in NumPy
+    from the annotations' masks) is neither decoded nor drawn unless `segmentation` is kept."""
+    calls = []
+    draw = coco._masks_and_semantic
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(coco, "_masks_and_semantic", counting)
+    root = synthetic.make_shapes(tmp_path / "shapes", 6, 1, 32, seed=0, progress=False)
+    # semantic_dir=None: draw the semantic map from the annotations rather than read the class-map PNGs.
+    dataset, _ = coco.load_coco_folder(root, "train", max_instances=8, semantic_dir=None)
+    for keys, expected_calls in ((("images", "boxes", "classes"), 0), (("images", "segmentation"), 6)):
+        calls.clear()
+        for training in (True, False):
+            for batch in build_input_pipeline(dataset, 32, 2, training=training, seed=0, keys=keys):
+                assert set(batch) == set(keys)
+        assert len(calls) == 2 * expected_calls, keys

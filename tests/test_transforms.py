@@ -262,6 +262,131 @@ def test_random_scale_crop_same_seed_same_output():
     assert any(not np.array_equal(first["images"], other) for other in others)
 
 
+# --- geometry: the input pipeline's split of a transform into pixels (per example) and objects (per batch) ---
+
+
+def apply(example, geometry, size, min_box_area=1.0):
+    return to_numpy(transforms.transform_objects(transforms.transform_pixels(example, geometry, size), geometry,
+                                                 size, min_box_area))
+
+
+def np_objects(src, offset, crop, resized, flip, size, min_area):
+    """Plain-NumPy box transform: shift to the window, scale by resized / crop, mirror in the resized window,
+    clip to the visible part, drop small boxes, compact the kept ones to the front (float32 throughout)."""
+    factor = np.asarray(resized, np.float32) / np.asarray(crop, np.float32)
+    boxes = (src["boxes"] - np.float32([*offset, *offset])) * np.concatenate([factor, factor])
+    if flip:
+        width = np.float32(resized[1])
+        boxes = np.stack([boxes[:, 0], width - boxes[:, 3], boxes[:, 2], width - boxes[:, 1]], -1)
+    visible = np.minimum(resized, size).astype(np.float32)
+    boxes = np.clip(boxes, 0, np.concatenate([visible, visible]))
+    h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    keep = (src["classes"] >= 0) & (h > 0) & (w > 0) & (h * w >= min_area)
+    order = list(np.nonzero(keep)[0]) + list(np.nonzero(~keep)[0])
+    kept = keep[order]
+    return {
+        "boxes": np.where(kept[:, None], boxes[order], 0.0),
+        "classes": np.where(kept, src["classes"][order], -1),
+        "is_crowd": kept & src["is_crowd"][order],
+        "difficult": kept & src["difficult"][order],
+    }
+
+
+def test_geometries_hand_worked():
+    fit = {k: v.numpy() for k, v in transforms.resize_geometry([48, 64], 96).items()}
+    # 48 x 64 into 96 x 96: scale 1.5, the whole image, resized to 72 x 96.
+    np.testing.assert_array_equal(fit["offset"], [0, 0])
+    np.testing.assert_array_equal(fit["crop"], [48, 64])
+    np.testing.assert_array_equal(fit["resized"], [72, 96])
+    assert fit["scale"] == pytest.approx(1.5) and "flip" not in fit
+    offsets = set()
+    for seed in range(20):
+        # 48 x 48 into 24 at jitter 2: scale 2 * 0.5 = 1, a 24 x 24 window anywhere in the 25 x 25 positions.
+        crop = transforms.scale_crop_geometry([48, 48], 24, scale_range=(2.0, 2.0), seed=seed)
+        assert float(crop["scale"]) == pytest.approx(1.0) and "flip" not in crop
+        np.testing.assert_array_equal(crop["crop"], [24, 24])
+        np.testing.assert_array_equal(crop["resized"], [24, 24])
+        assert 0 <= crop["offset"].numpy().min() and crop["offset"].numpy().max() <= 24
+        offsets.add(tuple(crop["offset"].numpy()))
+        # Zoomed out (jitter 0.5): the whole 40 x 40 image becomes 20 x 20 at the top-left.
+        out = transforms.scale_crop_geometry([40, 40], 40, scale_range=(0.5, 0.5), seed=seed)
+        np.testing.assert_array_equal(out["offset"], [0, 0])
+        np.testing.assert_array_equal(out["crop"], [40, 40])
+        np.testing.assert_array_equal(out["resized"], [20, 20])
+        always = transforms.scale_crop_geometry([40, 40], 40, seed=seed, flip_probability=1.0)
+        assert bool(always["flip"])
+    assert len(offsets) > 10
+    flips = {bool(transforms.scale_crop_geometry([40, 40], 40, seed=s, flip_probability=0.5)["flip"])
+             for s in range(20)}
+    assert flips == {False, True}
+    with pytest.raises(ValueError, match="flip_probability"):
+        transforms.scale_crop_geometry([40, 40], 40, flip_probability=1.5)
+
+
+def test_flipped_window_equals_flip_then_mirrored_window():
+    rects = [(4, 6, 22, 30), (26, 36, 44, 60), (10, 40, 20, 52)]
+    example = make_example(48, 64, rects, n=6, crowd=[1], difficult=[2])
+    for seed in range(8):
+        geometry = transforms.scale_crop_geometry([48, 64], 40, scale_range=(0.6, 1.8), seed=seed)
+        flipped = dict(geometry, flip=tf.constant(True))
+        got = apply(example, flipped, 40)
+        # Reference: mirror the whole example, then take the same-size window at the mirrored offset.
+        mirrored = dict(geometry, offset=geometry["offset"] * [1, -1] + [0, 64] - geometry["crop"] * [0, 1])
+        want = apply(transforms.horizontal_flip(example), mirrored, 40)
+        for key in want:
+            if key == "boxes":  # the same boxes, up to float rounding (mirrored before vs after scaling)
+                np.testing.assert_allclose(got[key], want[key], atol=1e-4)
+            else:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{key}, seed {seed}")
+        check_alignment(got, rects)
+        src = to_numpy(example)
+        offset, crop, resized = (geometry[k].numpy() for k in ("offset", "crop", "resized"))
+        for key, value in np_objects(src, offset, crop, resized, True, (40, 40), 1.0).items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-5, err_msg=f"{key}, seed {seed}")
+
+
+def test_random_flip_geometry_draws_as_random_horizontal_flip():
+    example = make_example(30, 44, [(2, 3, 20, 13)], n=3)
+    outcomes = set()
+    for seed in range(16):
+        geometry = transforms.random_flip_geometry(transforms.resize_geometry([30, 44], 32), seed=seed)
+        got = apply(example, geometry, 32, min_box_area=0.0)
+        want = to_numpy(transforms.resize_and_pad(transforms.random_horizontal_flip(example, seed=seed), 32))
+        for key in want:
+            if key == "boxes":
+                np.testing.assert_allclose(got[key], want[key], atol=1e-4)
+            else:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{key}, seed {seed}")
+        outcomes.add(bool(geometry["flip"]))
+    assert outcomes == {False, True}
+
+
+def test_objects_of_a_batch_equal_each_example():
+    """transform_objects on [B, N, 4] with per-example geometries == per example == the NumPy reference."""
+    sizes = [(48, 64), (40, 40), (64, 48), (36, 50)]
+    rects = [[(4, 6, 22, 30), (26, 36, 44, 60)], [], [(1, 1, 60, 40), (10, 10, 12, 30), (30, 5, 50, 20)],
+             [(0, 0, 36, 50)]]
+    examples = [make_example(h, w, r, n=5, crowd=[0], difficult=[2], masks=False) for (h, w), r in zip(sizes, rects)]
+    geometries = [
+        transforms.scale_crop_geometry([h, w], (32, 40), scale_range=(0.5, 2.0), seed=seed, flip_probability=0.5)
+        for seed, (h, w) in enumerate(sizes)
+    ]
+    assert {bool(g["flip"]) for g in geometries} == {False, True}
+    keys = ("boxes", "classes", "is_crowd", "difficult")
+    batch = {k: tf.stack([e[k] for e in examples]) for k in keys}
+    stacked = {k: tf.stack([g[k] for g in geometries]) for k in ("offset", "crop", "resized", "flip")}
+    got = to_numpy(transforms.transform_objects(batch, stacked, (32, 40), min_box_area=1.0))
+    for i, (example, geometry) in enumerate(zip(examples, geometries)):
+        one = to_numpy(transforms.transform_objects({k: example[k] for k in keys}, geometry, (32, 40), 1.0))
+        g = {k: v.numpy() for k, v in geometry.items()}
+        reference = np_objects(to_numpy(example), g["offset"], g["crop"], g["resized"], g["flip"], (32, 40), 1.0)
+        for key in keys:
+            np.testing.assert_array_equal(got[key][i], one[key], err_msg=f"{key}, example {i}")
+            np.testing.assert_allclose(one[key], reference[key], rtol=1e-6, atol=1e-5, err_msg=f"{key}, example {i}")
+    with pytest.raises(ValueError, match="masks"):
+        transforms.transform_objects(dict(batch, masks=tf.zeros([4, 5, 8, 8], tf.uint8)), stacked, 32)
+
+
 # --- photometric_jitter ---
 
 

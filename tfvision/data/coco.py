@@ -520,7 +520,7 @@ def _to_example(s, max_instances, include_masks, draw_semantic, has_class_maps):
         segmentation = drawn
     else:
         segmentation = decode.unknown_segmentation(image)
-    return decode.example(image, objects, segmentation, s["image_id"], max_instances, masks)
+    return decode.example(image, objects, segmentation, s["image_id"], max_instances, masks, size=s["size"])
 
 
 def _masks_and_semantic(rles, size, values, instance_layers, want_masks, want_semantic):

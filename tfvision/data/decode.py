@@ -321,7 +321,7 @@ def warn_truncated(counts, max_instances: int, source: str) -> None:
 def object_slices(objects: list[Objects]) -> dict:
     """Per-image object arrays as ragged tensors with one row per image, for `from_tensor_slices`.
 
-    Ragged rows (padded later, per element, by `pad`) keep a large data set's index small in memory.
+    Ragged rows (padded later, per element, by `example`) keep a large data set's index small in memory.
     """
     lengths = [len(o) for o in objects]
 
@@ -379,15 +379,7 @@ def read_class_map(path, ihdr, scale, is_path: bool = True) -> tf.Tensor:
     return tf.cast(values, tf.int32) // tf.cast(scale, tf.int32)
 
 
-def pad(x, n: int, value) -> tf.Tensor:
-    """`x` [k, ...] with k <= n, padded with `value` to exactly n rows (static first dimension)."""
-    paddings = [[0, n - tf.shape(x)[0]]] + [[0, 0]] * (x.shape.rank - 1)
-    x = tf.pad(x, paddings, constant_values=tf.cast(value, x.dtype))
-    x.set_shape([n] + x.shape.as_list()[1:])
-    return x
-
-
-def example(image, objects: dict, segmentation, image_id, max_instances: int, masks=None) -> dict:
+def example(image, objects: dict, segmentation, image_id, max_instances: int, masks=None, size=None) -> dict:
     """Assembles the per-image example dict that every tfvision loader yields, from unpadded parts.
 
     The dict: `images` uint8 [H, W, 3]; `boxes` float32 [N, 4] yxyx absolute pixels; `classes` int32 [N];
@@ -403,22 +395,37 @@ def example(image, objects: dict, segmentation, image_id, max_instances: int, ma
         image_id: int64 [].
         max_instances: N.
         masks: uint8 [n, H, W] or None (then the dict has no "masks").
+        size: int32 [2], the image's (H, W) when the caller already has it (the COCO loader checks it against
+            the decoded image); None reads the image's shape.
 
     Returns:
         The example dict with objects padded to N rows.
     """
+    # One padding amount for all per-object keys (they have the same n): fewer ops per example, which is
+    # what a tf.data map of small images spends its time on.
+    missing = max_instances - tf.shape(objects["classes"])[0]
+    rows = tf.stack([[0, missing]])  # [[0, N - n]]: pads the first dim
+    paddings = {1: rows, 2: tf.pad(rows, [[0, 1], [0, 0]])}
+
+    def pad_rows(x, value):
+        if x.shape.rank not in paddings:
+            paddings[x.shape.rank] = tf.pad(rows, [[0, x.shape.rank - 1], [0, 0]])
+        padded = tf.pad(x, paddings[x.shape.rank], constant_values=tf.cast(value, x.dtype))
+        padded.set_shape([max_instances] + x.shape.as_list()[1:])
+        return padded
+
     out = {
         "images": image,
-        "boxes": pad(objects["boxes"], max_instances, 0.0),
-        "classes": pad(objects["classes"], max_instances, -1),
-        "is_crowd": pad(objects["is_crowd"], max_instances, False),
-        "difficult": pad(objects["difficult"], max_instances, False),
+        "boxes": pad_rows(objects["boxes"], 0.0),
+        "classes": pad_rows(objects["classes"], -1),
+        "is_crowd": pad_rows(objects["is_crowd"], False),
+        "difficult": pad_rows(objects["difficult"], False),
         "segmentation": segmentation,
         "image_id": tf.cast(image_id, tf.int64),
-        "original_size": tf.shape(image, out_type=tf.int32)[:2],
+        "original_size": tf.shape(image, out_type=tf.int32)[:2] if size is None else tf.cast(size, tf.int32),
     }
     if masks is not None:
-        out["masks"] = pad(masks, max_instances, 0)
+        out["masks"] = pad_rows(masks, 0)
     return out
 
 

@@ -32,7 +32,6 @@ import numbers
 
 import tensorflow as tf
 
-from tfvision.ops import boxes as box_ops
 
 IGNORE = 255
 # Keys with one row per object, and the value their padding rows hold.
@@ -92,8 +91,9 @@ def _valid(example) -> tf.Tensor:
 
 def _composed_scale(example, scale):
     """`scale` times the example's own `image_scale` (if already resized), so output = original * result."""
-    previous = example.get("image_scale", tf.constant(1.0, tf.float32))
-    return tf.cast(previous, tf.float32) * scale
+    if "image_scale" not in example:
+        return scale
+    return tf.cast(example["image_scale"], tf.float32) * scale
 
 
 # --- Flip ---
@@ -122,6 +122,13 @@ def horizontal_flip(example: dict) -> dict:
     return out
 
 
+def _flip_draw(probability, seed, where) -> tf.Tensor:
+    """bool []: whether to flip, drawn with the given probability from a stateless seed."""
+    if not 0.0 <= float(probability) <= 1.0:
+        raise ValueError(f"{where}: probability must be in [0, 1], got {probability}.")
+    return tf.random.stateless_uniform([], as_seed(seed)) < probability
+
+
 def random_horizontal_flip(example: dict, probability: float = 0.5, seed=None) -> dict:
     """Mirrors the example left-right with the given probability (one draw for every key).
 
@@ -133,14 +140,104 @@ def random_horizontal_flip(example: dict, probability: float = 0.5, seed=None) -
     Returns:
         The flipped or the unchanged example (same structure and shapes).
     """
-    if not 0.0 <= float(probability) <= 1.0:
-        raise ValueError(f"random_horizontal_flip: probability must be in [0, 1], got {probability}.")
-    flip = tf.random.stateless_uniform([], as_seed(seed)) < probability
+    flip = _flip_draw(probability, seed, "random_horizontal_flip")
     # tf.cond: the reverse (a full copy of image and masks) runs only when the draw says flip.
     return tf.cond(flip, lambda: horizontal_flip(example), lambda: dict(example))
 
 
-# --- Resize, crop and pad ---
+# --- Geometry: crop, resize, flip and pad, as one plan ---
+#
+# A geometry says what resize_and_pad / random_scale_crop (with or without a flip) do to one example:
+#   offset  int32 [2]   top-left (y0, x0) of the window kept, in source pixels
+#   crop    int32 [2]   (ch, cw), the window's size in source pixels
+#   resized int32 [2]   (nh, nw), the size the window is resized to; rows/columns past output_size are trimmed
+#   scale   float32 []  the resize factor (image_scale)
+#   flip    bool []     mirror the window left-right (optional key; absent = no flip)
+# Mirroring the window at x0 is mirroring the image and then taking the window at W - x0 - cw: the same pixels,
+# and as x0 is uniform, so is W - x0 - cw.
+# A geometry is applied in two parts: `transform_pixels` (image and semantic map, per example, as their sizes
+# differ) and `transform_objects` (boxes and per-object keys), which also runs on a whole batch
+# ([B, N, 4] boxes, every geometry tensor with a leading [B]): the input pipeline does the box arithmetic once
+# per batch instead of once per example.
+#
+# Few ops per example matter on small images: each executed op costs ~1 us in a tf.data function, and
+# tf.data optimizes every map function with Grappler each time an iterator is made (every epoch), at
+# ~0.1 ms per graph node.
+
+
+def resize_geometry(image_size, output_size) -> dict:
+    """The geometry of `resize_and_pad`: the whole image, resized to fit `output_size` with its aspect kept.
+
+    Args:
+        image_size: int32 `[2]`, the source (height, width).
+        output_size: int or (height, width), the static output size.
+
+    Returns:
+        A geometry dict (see the section comment above).
+    """
+    height, width = check_output_size(output_size, "resize_geometry")
+    source = tf.cast(image_size, tf.int32)
+    size = tf.cast(source, tf.float32)
+    scale = tf.reduce_min(tf.constant([height, width], tf.float32) / size)
+    resized = tf.clip_by_value(tf.cast(tf.round(size * scale), tf.int32), 1, [height, width])
+    return {"offset": tf.zeros([2], tf.int32), "crop": source, "resized": resized, "scale": scale}
+
+
+def scale_crop_geometry(
+    image_size, output_size, scale_range=(0.5, 2.0), seed=None, flip_probability: float = 0.0
+) -> dict:
+    """The geometry of `random_scale_crop` (see there), optionally with a random flip: one random draw.
+
+    Args:
+        image_size: int32 `[2]`, the source (height, width).
+        output_size: int or (height, width), the static output size.
+        scale_range: (min, max) of the jitter r; r > 1 zooms in (crops), r < 1 zooms out (pads).
+        seed: int, int `[2]` tensor, or None (not reproducible).
+        flip_probability: chance of mirroring the image; 0 adds no `flip`.
+
+    Returns:
+        A geometry dict (see the section comment above).
+    """
+    height, width = check_output_size(output_size, "random_scale_crop")
+    low, high = (float(s) for s in scale_range)
+    if not 0.0 < low <= high:
+        raise ValueError(
+            f"random_scale_crop: scale_range must be (min, max) with 0 < min <= max, got {scale_range}."
+        )
+    if not 0.0 <= float(flip_probability) <= 1.0:
+        raise ValueError(f"scale_crop_geometry: flip_probability must be in [0, 1], got {flip_probability}.")
+    # One draw for everything, in [0, 1): the jitter, the window's offset (y, x), the flip. The raw ops are
+    # what tf.random.stateless_uniform runs, without its [0, 1) -> [min, max) nodes.
+    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=as_seed(seed))
+    draw = tf.raw_ops.StatelessRandomUniformV2(shape=[4], key=key, counter=counter, alg=1, dtype=tf.float32)
+    jitter, position, flip = tf.split(draw, [1, 2, 1])
+    source = tf.cast(image_size, tf.int32)
+    out_size = tf.constant([height, width], tf.float32)
+    scale = (low + (high - low) * jitter) * tf.reduce_min(out_size / tf.cast(source, tf.float32))  # [1]
+    # The source window that covers the output (all of the image when zoomed out), at a random offset.
+    crop = tf.minimum(source, tf.cast(tf.math.ceil(out_size / scale), tf.int32))
+    room = source - crop
+    offset = tf.minimum(tf.cast(position * tf.cast(room + 1, tf.float32), tf.int32), room)
+    resized = tf.maximum(tf.cast(tf.round(tf.cast(crop, tf.float32) * scale), tf.int32), 1)
+    geometry = {"offset": offset, "crop": crop, "resized": resized, "scale": tf.reshape(scale, [])}
+    if flip_probability:
+        geometry["flip"] = tf.reshape(flip < flip_probability, [])
+    return geometry
+
+
+def random_flip_geometry(geometry: dict, probability: float = 0.5, seed=None) -> dict:
+    """Adds a random left-right flip to a geometry: the same draw as `random_horizontal_flip` with this seed.
+
+    Args:
+        geometry: from `resize_geometry` or `scale_crop_geometry`.
+        probability: chance of flipping, in [0, 1].
+        seed: int, int `[2]` tensor, or None (not reproducible).
+
+    Returns:
+        The geometry with `flip` bool []: for `resize_geometry`, transforming with it equals
+        `random_horizontal_flip` and then `resize_and_pad` (boxes up to float rounding).
+    """
+    return dict(geometry, flip=_flip_draw(probability, seed, "random_horizontal_flip"))
 
 
 def _pad_to(x, height, width, fill, leading=0):
@@ -162,6 +259,17 @@ def _nearest_indices(offset, crop, resized, count):
     return offset + tf.minimum(tf.cast(tf.floor(position), tf.int32), crop - 1)
 
 
+def _nearest_grid(geometry, output_size):
+    """Source rows and columns (int32 [h'], [w']) of the output pixels the image covers, nearest-neighbour:
+    the resampling of masks and semantic maps."""
+    offset, crop, resized = geometry["offset"], geometry["crop"], geometry["resized"]
+    rows = _nearest_indices(offset[0], crop[0], resized[0], tf.minimum(resized[0], output_size[0]))
+    cols = _nearest_indices(offset[1], crop[1], resized[1], tf.minimum(resized[1], output_size[1]))
+    if "flip" in geometry:  # column x0 + k of the mirrored window is column x0 + cw - 1 - k of the source
+        cols = tf.where(geometry["flip"], 2 * offset[1] + crop[1] - 1 - cols, cols)
+    return rows, cols
+
+
 def _gather_2d(x, rows, cols, axis):
     """`x` indexed by `rows` on dim `axis` and `cols` on the last dim `axis + 1`: a nearest-neighbour resize.
 
@@ -177,74 +285,142 @@ def _gather_2d(x, rows, cols, axis):
     )
 
 
+def transform_pixels(example: dict, geometry: dict, output_size) -> dict:
+    """Applies a geometry to the pixels of one example: `images` and `segmentation` (not masks, which follow
+    their objects in `transform_objects`), and sets `image_scale`.
+
+    The window is cut from the source (and mirrored if the geometry flips), resized bilinearly (half-pixel
+    centres, no antialiasing, as Model Garden) to `resized`, trimmed to `output_size` and padded bottom/right:
+    0 for the image, 255 (ignore) for the semantic map, which is resampled nearest-neighbour.
+
+    Args:
+        example: unbatched example dict; `images` [H, W, C] uint8 or float.
+        geometry: unbatched geometry dict (from `resize_geometry` / `scale_crop_geometry`).
+        output_size: int or (height, width), the static output size.
+
+    Returns:
+        The example with images float32 `[height, width, C]` in 0..255, segmentation `[height, width]`, and
+        `image_scale` float32 []: the geometry's scale times the example's own image_scale, if it had one.
+        Boxes and the other keys are unchanged.
+    """
+    height, width = check_output_size(output_size, "transform_pixels")
+    offset, crop, resized, flip = geometry["offset"], geometry["crop"], geometry["resized"], geometry.get("flip")
+    out = dict(example)
+    images = example["images"]
+    image = tf.slice(images, tf.concat([offset, [0]], 0), tf.concat([crop, [-1]], 0))
+    if flip is not None:
+        # tf.cond: reversing copies the window even along no axis; the cond is lowered in line, no call.
+        image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+    # Resizing float input gives the same values as uint8 input, and on CPU cast + resize is faster.
+    image = tf.image.resize(tf.cast(image, tf.float32), resized, method="bilinear")[:height, :width]
+    # [[0, height - h'], [0, width - w'], [0, 0]]: bottom/right padding.
+    missing = tf.nn.relu([height, width] - resized)
+    image = tf.pad(image, tf.pad(tf.expand_dims(missing, 1), [[0, 1], [1, 0]]))
+    image.set_shape([height, width, images.shape[-1]])
+    out["images"] = image
+    if "segmentation" in example:
+        rows, cols = _nearest_grid(geometry, (height, width))
+        seg = _gather_2d(example["segmentation"], rows, cols, axis=0)
+        out["segmentation"] = _pad_to(seg, height, width, IGNORE)
+    out["image_scale"] = _composed_scale(example, geometry["scale"])
+    return out
+
+
+def _per_object(vector):
+    """A per-example `[..., 4]` (or `[..., 2]`) vector shaped to broadcast over `[..., N, 4]` boxes: as is for
+    one example, `[B, 1, 4]` for a batch."""
+    return vector if vector.shape.rank == 1 else tf.expand_dims(vector, -2)
+
+
 def _compact(example, keep):
     """Moves the kept rows of every per-object key to the front and turns the others into padding.
 
+    Works on one example (`keep` [N]) or a batch (`keep` [B, N], per-object keys [B, N, ...]).
+
     Returns:
-        (per-object tensors dict, order int32 [N] (kept rows first, stable), number kept int32 []).
+        (per-object tensors dict, order int32 [..., N] (kept rows first, stable), kept bool [..., N] in that
+        order).
     """
-    order = tf.argsort(tf.cast(tf.logical_not(keep), tf.int32), stable=True)
-    kept = tf.gather(keep, order)
+    batch_dims = keep.shape.rank - 1
+    count = keep.shape[-1] if keep.shape[-1] is not None else tf.shape(keep)[-1]
+    # top_k is stable (ties in index order), so this is a stable sort of the kept rows to the front.
+    kept, order = tf.math.top_k(tf.cast(keep, tf.int32), k=count)
+    kept = tf.cast(kept, tf.bool)
     out = {}
     for key, fill in PER_BOX_PADDING.items():
         if key in example and key != "masks":
-            value = tf.gather(example[key], order)
-            condition = tf.reshape(kept, [-1] + [1] * (value.shape.rank - 1))
+            value = tf.gather(example[key], order, axis=batch_dims, batch_dims=batch_dims)
+            condition = kept if value.shape.rank == kept.shape.rank else tf.expand_dims(kept, -1)
             out[key] = tf.where(condition, value, tf.cast(fill, value.dtype))
-    return out, order, tf.reduce_sum(tf.cast(keep, tf.int32))
+    return out, order, kept
 
 
-def _crop_resize_pad(example, offset, crop_size, resized_size, output_size, min_box_area):
-    """Crops a window of the example, resizes it, and pads (or trims) it to `output_size`.
+def transform_objects(example: dict, geometry: dict, output_size, min_box_area: float = 0.0) -> dict:
+    """Applies a geometry to the objects of one example, or of a batch: boxes, classes, flags and masks.
+
+    Boxes are shifted to the window, scaled per axis exactly as the pixels were (factor resized / crop),
+    mirrored in the resized window if the geometry flips, and clipped to the part of the output the image
+    covers; boxes left empty or smaller than `min_box_area` are dropped and the survivors compacted to the
+    front.
 
     Args:
-        example: unbatched example dict.
-        offset: int32 `(y0, x0)`, top-left of the window in source pixels.
-        crop_size: int32 `(ch, cw)`, window size in source pixels.
-        resized_size: int32 `(nh, nw)`, size the window is resized to; rows/columns past `output_size`
-            are trimmed.
-        output_size: static Python `(height, width)`.
-        min_box_area: boxes with a smaller clipped area (output pixels) are dropped.
+        example: an example dict, unbatched (boxes `[N, 4]`, classes `[N]`, ...) or batched (boxes
+            `[B, N, 4]`, ...); boxes yxyx in source pixels. `masks` `[N, H, W]` only unbatched.
+        geometry: the geometry the pixels were transformed with; batched (each tensor with a leading `[B]`)
+            for a batched example; `scale` is not read.
+        output_size: int or (height, width), the static output size.
+        min_box_area: boxes whose clipped area (output pixels) is below this are dropped.
+
+    Returns:
+        The example with boxes in output pixels, per-object keys compacted, masks `[N, height, width]`;
+        images and the other keys unchanged.
     """
-    (y0, x0), (ch, cw), (nh, nw) = offset, crop_size, resized_size
-    height, width = output_size
+    height, width = check_output_size(output_size, "transform_objects")
     out = dict(example)
-
-    image = example["images"][y0 : y0 + ch, x0 : x0 + cw]
-    # Bilinear, half-pixel centres, no antialiasing (as Model Garden); trimmed to the output window.
-    image = tf.image.resize(image, [nh, nw], method="bilinear")[:height, :width]
-    out["images"] = _pad_to(tf.cast(image, tf.float32), height, width, 0.0)
-
-    # Nearest-neighbour source rows/columns of the output pixels the image covers.
-    rows = _nearest_indices(y0, ch, nh, tf.minimum(nh, height))
-    cols = _nearest_indices(x0, cw, nw, tf.minimum(nw, width))
-    if "segmentation" in example:
-        seg = _gather_2d(example["segmentation"], rows, cols, axis=0)
-        out["segmentation"] = _pad_to(seg, height, width, IGNORE)
-
+    offset, crop, resized, flip = geometry["offset"], geometry["crop"], geometry["resized"], geometry.get("flip")
+    if offset.shape.rank == 2 and "masks" in example:
+        raise ValueError(
+            "transform_objects: masks are transformed per example (only the kept ones are resampled); call "
+            "it on unbatched examples when they have masks."
+        )
     if "boxes" in example:
-        # Per-axis factors: exactly how tf.image.resize maps the window's extent onto [0, nh] x [0, nw].
-        fy = tf.cast(nh, tf.float32) / tf.cast(ch, tf.float32)
-        fx = tf.cast(nw, tf.float32) / tf.cast(cw, tf.float32)
-        shift = tf.cast(tf.stack([y0, x0, y0, x0]), tf.float32)
-        boxes = (example["boxes"] - shift) * tf.stack([fy, fx, fy, fx])
-        visible = tf.stack([tf.minimum(nh, height), tf.minimum(nw, width)])
-        boxes = box_ops.clip(boxes, tf.cast(visible, tf.float32))
-        keep = _valid(example) & box_ops.is_valid(boxes) & (box_ops.area(boxes) >= min_box_area)
-        compacted, order, n_kept = _compact(dict(example, boxes=boxes), keep)
+        boxes = example["boxes"]
+        # Per-example (y, x, y, x) vectors, broadcast over the objects. The factors are exactly how
+        # tf.image.resize maps the window's extent onto [0, nh] x [0, nw].
+        factor = tf.cast(resized, tf.float32) / tf.cast(crop, tf.float32)
+        shift = tf.cast(tf.concat([offset, offset], -1), tf.float32)
+        boxes = (boxes - _per_object(shift)) * _per_object(tf.concat([factor, factor], -1))
+        if flip is not None:
+            # Mirrored in the resized window: [ymin, nw - xmax, ymax, nw - xmin].
+            resized_width = tf.cast(resized[..., 1:], tf.float32)
+            mirrored = tf.gather(boxes, [0, 3, 2, 1], axis=-1) * [1.0, -1.0, 1.0, -1.0]
+            mirrored = mirrored + _per_object(resized_width * [0.0, 1.0, 0.0, 1.0])
+            boxes = tf.where(tf.reshape(flip, [-1, 1, 1]) if flip.shape.rank else flip, mirrored, boxes)
+        # Clipped to the part of the output that the image covers.
+        visible = tf.cast(tf.minimum(resized, [height, width]), tf.float32)
+        boxes = tf.minimum(tf.maximum(boxes, 0.0), _per_object(tf.concat([visible, visible], -1)))
+        extent = boxes[..., 2:] - boxes[..., :2]  # (height, width) of each box
+        keep = (
+            _valid(example)
+            & (tf.reduce_min(extent, axis=-1) > 0.0)
+            & (tf.reduce_prod(extent, axis=-1) >= min_box_area)
+        )
+        compacted, order, kept = _compact(dict(example, boxes=boxes), keep)
         out.update(compacted)
-        objects = order[:n_kept]
-    elif "masks" in example:
-        objects = tf.range(tf.shape(example["masks"])[0])
 
     if "masks" in example:
         masks = example["masks"]
+        if "boxes" in example:
+            objects = order[: tf.reduce_sum(tf.cast(kept, tf.int32))]
+        else:
+            objects = tf.range(tf.shape(masks)[0])
+        rows, cols = _nearest_grid(geometry, (height, width))
         # Only the kept masks are resized: with N = 100 and a few objects that is most of the work saved;
         # the padding rows are written as zeros by the pad.
-        kept = _gather_2d(tf.gather(masks, objects), rows, cols, axis=1)
-        kept = tf.pad(kept, [[0, tf.shape(masks)[0] - tf.shape(kept)[0]], [0, 0], [0, 0]])
-        kept = tf.ensure_shape(kept, [masks.shape[0], None, None])
-        out["masks"] = _pad_to(kept, height, width, 0, leading=1)
+        kept_masks = _gather_2d(tf.gather(masks, objects), rows, cols, axis=1)
+        kept_masks = tf.pad(kept_masks, [[0, tf.shape(masks)[0] - tf.shape(kept_masks)[0]], [0, 0], [0, 0]])
+        kept_masks = tf.ensure_shape(kept_masks, [masks.shape[0], None, None])
+        out["masks"] = _pad_to(kept_masks, height, width, 0, leading=1)
     return out
 
 
@@ -268,16 +444,10 @@ def resize_and_pad(example: dict, output_size, min_box_area: float = 0.0) -> dic
         exactly; the other side is resized to round(side * scale) pixels, within half a pixel of side *
         scale, and boxes follow the pixels (factor round(side * scale) / side on that axis).
     """
-    height, width = check_output_size(output_size, "resize_and_pad")
-    size = tf.cast(tf.shape(example["images"])[:2], tf.float32)
-    scale = tf.minimum(height / size[0], width / size[1])
-    resized = tf.clip_by_value(tf.cast(tf.round(size * scale), tf.int32), 1, [height, width])
-    source = tf.shape(example["images"])[:2]
-    out = _crop_resize_pad(
-        example, (0, 0), (source[0], source[1]), (resized[0], resized[1]), (height, width), min_box_area
-    )
-    out["image_scale"] = _composed_scale(example, scale)
-    return out
+    check_output_size(output_size, "resize_and_pad")
+    geometry = resize_geometry(tf.shape(example["images"])[:2], output_size)
+    out = transform_pixels(example, geometry, output_size)
+    return transform_objects(out, geometry, output_size, min_box_area)
 
 
 def random_scale_crop(
@@ -301,35 +471,10 @@ def random_scale_crop(
         The example at `output_size` (images float32 0..255, static shapes as in `resize_and_pad`) and
         `image_scale` float32 [], the resize factor applied (before cropping).
     """
-    height, width = check_output_size(output_size, "random_scale_crop")
-    low, high = (float(s) for s in scale_range)
-    if not 0.0 < low <= high:
-        raise ValueError(
-            f"random_scale_crop: scale_range must be (min, max) with 0 < min <= max, got {scale_range}."
-        )
-    scale_seed, offset_seed = tf.unstack(tf.random.split(as_seed(seed), 2))
-    jitter = tf.random.stateless_uniform([], scale_seed, minval=low, maxval=high)
-    source = tf.shape(example["images"])[:2]
-    size = tf.cast(source, tf.float32)
-    scale = jitter * tf.minimum(height / size[0], width / size[1])
-    # The source window that covers the output (all of the image when zoomed out), at a random offset.
-    out_size = tf.constant([height, width], tf.float32)
-    crop = tf.minimum(source, tf.maximum(tf.cast(tf.math.ceil(out_size / scale), tf.int32), 1))
-    room = tf.cast(source - crop + 1, tf.float32)
-    offset = tf.minimum(
-        tf.cast(tf.floor(tf.random.stateless_uniform([2], offset_seed) * room), tf.int32), source - crop
-    )
-    resized = tf.maximum(tf.cast(tf.round(tf.cast(crop, tf.float32) * scale), tf.int32), 1)
-    out = _crop_resize_pad(
-        example,
-        (offset[0], offset[1]),
-        (crop[0], crop[1]),
-        (resized[0], resized[1]),
-        (height, width),
-        min_box_area,
-    )
-    out["image_scale"] = _composed_scale(example, scale)
-    return out
+    check_output_size(output_size, "random_scale_crop")
+    geometry = scale_crop_geometry(tf.shape(example["images"])[:2], output_size, scale_range, seed)
+    out = transform_pixels(example, geometry, output_size)
+    return transform_objects(out, geometry, output_size, min_box_area)
 
 
 # --- Colour ---
