@@ -27,12 +27,23 @@ def datasets(config: ExperimentConfig):
     val = sources.load_split(data, data.val_split, segmentation=True, include_masks=False)
     _check_label_map(config, train.label_map)
     train_ds = pipeline.build_input_pipeline(
-        train.dataset, data.image_size, data.batch_size, training=True, seed=config.train.seed, keys=PIPELINE_KEYS
+        train.dataset, data.image_size, data.batch_size, training=True, augment=augmentations(data),
+        seed=config.train.seed, keys=PIPELINE_KEYS,
     )
     val_ds = pipeline.build_input_pipeline(
         val.dataset, data.image_size, data.batch_size, training=False, keys=PIPELINE_KEYS
     )
     return segmentation_pairs(train_ds), segmentation_pairs(val_ds), train.label_map
+
+
+def augmentations(data) -> dict:
+    """The pipeline's `augment` mapping for `data.augment` and `data.scale_range` (a `DataConfig`)."""
+    scale_range = tuple(data.scale_range)
+    if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+        raise ValueError(
+            f"data.scale_range: must be [min, max] with 0 < min <= max (e.g. [0.8, 1.25]); got {list(scale_range)}."
+        )
+    return {name: ({"scale_range": scale_range} if name == "scale_jitter" else {}) for name in data.augment}
 
 
 def train(config: ExperimentConfig) -> dict:
