@@ -96,18 +96,75 @@ class UNetConfig:
 
 
 @dataclasses.dataclass
+class DetectionConfig:
+    """Every detector's post-processing (the `DetectionDecoder`): score threshold, NMS, output size."""
+
+    max_detections: int = 100
+    score_threshold: float = 0.05
+    iou_threshold: float = 0.5
+    pre_nms_top_k: int = 1000
+    class_agnostic: bool = False
+    soft_nms_sigma: float = 0.0
+
+
+@dataclasses.dataclass
+class OverFeatConfig:
+    """Multi-scale sliding-window detector: one class head and one box head per grid cell of a conv trunk,
+    applied to an image pyramid (`scales` of the input size) at inference."""
+
+    scales: tuple[float, ...] = (1.0,)
+    cell_size: float = 4.0  # a cell's reference box side, in strides
+    positive_iou: float = 0.5
+    negative_iou: float = 0.4
+    box_loss_weight: float = 1.0
+    head_filters: int = 128
+
+
+@dataclasses.dataclass
+class SSDConfig:
+    """SSD: heads on feature maps of decreasing resolution with default boxes per location."""
+
+    head: Literal["conv", "separable"] = "conv"  # separable = SSDLite
+    s_min: float = 0.2
+    s_max: float = 0.9
+    aspect_ratios: tuple[tuple[float, ...], ...] = ()  # per feature map; empty = the variant's default
+    positive_iou: float = 0.5
+    neg_pos_ratio: float = 3.0
+    box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
+    extra_filters: int = 0  # channels of the extra feature layers; 0 = the variant's default
+
+
+@dataclasses.dataclass
+class YOLOConfig:
+    """YOLOv1 (conv trunk + fully connected S x S x (B*5 + C) output) or the anchor-based conv head (`v3`)."""
+
+    version: Literal["v1", "v3"] = "v1"
+    grid_size: int = 7
+    boxes_per_cell: int = 2
+    fc_units: int = 4096
+    lambda_coord: float = 5.0
+    lambda_noobj: float = 0.5
+    anchors: tuple[tuple[float, ...], ...] = ()  # v3: (w, h) pixel pairs, 3 per level; empty = scaled default
+    ignore_iou: float = 0.5
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """Which architecture to build (`name`) and the options of each family.
 
     `num_classes` counts object classes K; segmentation models predict K + 1 channels (0 = background).
     """
 
-    name: Literal["unet", "fcn", "segnet"] = "unet"
+    name: Literal["unet", "fcn", "segnet", "overfeat", "ssd", "yolo"] = "unet"
     num_classes: int = 4
     backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)
     fcn: FCNConfig = dataclasses.field(default_factory=FCNConfig)
     segnet: SegNetConfig = dataclasses.field(default_factory=SegNetConfig)
     unet: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+    detection: DetectionConfig = dataclasses.field(default_factory=DetectionConfig)
+    overfeat: OverFeatConfig = dataclasses.field(default_factory=OverFeatConfig)
+    ssd: SSDConfig = dataclasses.field(default_factory=SSDConfig)
+    yolo: YOLOConfig = dataclasses.field(default_factory=YOLOConfig)
 
 
 @dataclasses.dataclass
