@@ -13,10 +13,21 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# The demo: make the shapes data, train the U-Net of configs/shapes/unet.yaml on it, print its val mIoU,
+# export it for TF Serving and draw its predictions for a few val images. Everything lands in $(DEMO_DIR)/.
+DEMO_SETS := --set data.root=$(DEMO_DIR)/shapes --set train.model_dir=$(DEMO_DIR)/runs/shapes_unet \
+	--set export.root=$(DEMO_DIR)/saved_models
+DEMO_VAL := $(addprefix $(DEMO_DIR)/shapes/images/val/,000000.png 000001.png 000002.png 000003.png)
+
 demo: $(STAMP)
+	rm -rf $(DEMO_DIR)/runs $(DEMO_DIR)/saved_models $(DEMO_DIR)/predictions
 	$(VENV)/bin/tfvision data make-shapes --out $(DEMO_DIR)/shapes --train 2000 --val 200 --size 128 --seed 0 --overwrite
 	$(VENV)/bin/tfvision data stats $(DEMO_DIR)/shapes
 	$(VENV)/bin/tfvision data show $(DEMO_DIR)/shapes --split val --num 16 --out $(DEMO_DIR)/grid.png
+	$(VENV)/bin/tfvision train --config configs/shapes/unet.yaml $(DEMO_SETS)
+	$(VENV)/bin/tfvision evaluate --config configs/shapes/unet.yaml $(DEMO_SETS)
+	$(VENV)/bin/tfvision export --config configs/shapes/unet.yaml $(DEMO_SETS) --version 1
+	$(VENV)/bin/tfvision predict --model $(DEMO_DIR)/saved_models/shapes_unet/1 $(DEMO_VAL) --out $(DEMO_DIR)/predictions
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

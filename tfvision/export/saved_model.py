@@ -20,7 +20,7 @@ walking every layer's functions. ExportArchive was not used because it offers no
 asset, and its endpoints are traced with autograph off.
 
 Task-specific parts are subclasses of `ServingModule` that supply `postprocess` and `output_names`
-(`SegmentationServingModule` here; detection adds its own beside it); `export_serving_module` does the
+(`SegmentationServingModule`, `DetectionServingModule`); `export_serving_module` does the
 version numbering, the atomic write and the reload check for any of them.
 """
 
@@ -256,6 +256,39 @@ class SegmentationServingModule(ServingModule):
         }
 
 
+class DetectionServingModule(ServingModule):
+    """Detections in the TF Object Detection API layout, boxes normalized to each input image.
+
+    The model's `detect` (decode + NMS in the graph) runs on the padded batch; its pixel boxes on the resized
+    image divided by the resized size are the boxes normalized to the original image, since resizing keeps
+    the aspect ratio and padding only adds pixels at the bottom/right.
+
+    Outputs (K = the model's `max_detections`; rows after `num_detections` are padding):
+        `detection_boxes` float32 `[B, K, 4]`, normalized `[ymin, xmin, ymax, xmax]` in [0, 1];
+        `detection_scores` float32 `[B, K]`, highest first (padding 0);
+        `detection_classes` int32 `[B, K]`, contiguous class ids 1..K (padding -1), names in `labels.txt`;
+        `num_detections` int32 `[B]`.
+    """
+
+    output_names = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+
+    def _run(self, padded, image_size, resized_size) -> dict:
+        detections = self._model_ref.model.detect(padded)
+        return self.postprocess(detections, image_size, resized_size)
+
+    def postprocess(self, outputs, image_size, resized_size) -> dict:
+        resized = tf.cast(resized_size, tf.float32)
+        scale = tf.concat([resized, resized], axis=0)
+        boxes = tf.clip_by_value(outputs["boxes"] / scale, 0.0, 1.0)
+        valid = outputs["classes"] >= 0
+        return {
+            "detection_boxes": tf.where(valid[..., tf.newaxis], boxes, 0.0),
+            "detection_scores": outputs["scores"],
+            "detection_classes": tf.cast(outputs["classes"], tf.int32),
+            "num_detections": tf.cast(outputs["num_detections"], tf.int32),
+        }
+
+
 def _single_shape(shape):
     """A Keras `input_shape` / `output_shape` as one tuple, or None when the model has several tensors."""
     if isinstance(shape, tuple) and all(d is None or isinstance(d, int) for d in shape):
@@ -454,4 +487,43 @@ def export_segmentation(
             "label map the model was trained with."
         )
     module = SegmentationServingModule(model, size)
+    return export_serving_module(module, export_root, experiment, label_map, version, verbose)
+
+
+def export_detection(
+    model: keras.Model,
+    export_root,
+    experiment: str,
+    label_map,
+    input_size,
+    version=None,
+    verbose: bool = True,
+) -> str:
+    """Exports a detector for TF Serving (see `DetectionServingModule` for the outputs).
+
+    Args:
+        model: a `tfvision.models.detection.detector.Detector` (anything with `detect(images)` and
+            `image_size`), trained at `input_size`.
+        export_root: root folder, e.g. `saved_models`.
+        experiment: experiment name; the export is `<export_root>/<experiment>/<version>/`.
+        label_map: `LabelMap` with the K class names; written as `assets/labels.txt`, background first.
+        input_size: int or (height, width), the size the model was trained at.
+        version: positive int, or None for 1 + the highest existing numeric version.
+        verbose: show a progress bar.
+
+    Returns:
+        The path of the written version folder.
+    """
+    size = _input_size(input_size)
+    if not callable(getattr(model, "detect", None)):
+        raise ValueError(
+            f"export_detection: {type(model).__name__} has no detect(images) method; export a tfvision detector "
+            "(built by tfvision.models.build_model), not its inner network."
+        )
+    if tuple(getattr(model, "image_size", size)) != size:
+        raise ValueError(
+            f"export_detection: input_size {size} differs from the size the detector was built for "
+            f"{tuple(model.image_size)}; pass data.image_size of its config."
+        )
+    module = DetectionServingModule(model, size)
     return export_serving_module(module, export_root, experiment, label_map, version, verbose)

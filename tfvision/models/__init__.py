@@ -1,12 +1,28 @@
-"""Model builders: `build_model(experiment_config)` dispatches on `config.model.name`."""
+"""Model builders: `build_model(experiment_config)` dispatches on `config.model.name`.
+
+Segmentation builders are imported here; detector builders (`build_overfeat`, `build_ssd`, `build_yolo`) are
+imported on first use, so that using one family does not load every other.
+"""
+
+import importlib
 
 from tfvision.models.segmentation import build_fcn, build_segnet, build_unet, convert_dense_to_conv
 
-# The one place a model name becomes a builder (detectors join here when they exist).
+# model.name -> the module under tfvision.models.detection that has build_<name>(model_config, input_shape).
+DETECTORS = ("overfeat", "ssd", "yolo")
+# The one place a model name becomes a builder.
 _BUILDERS = {"unet": build_unet, "fcn": build_fcn, "segnet": build_segnet}
 # Builders whose models run on any image size: they get input shape (None, None, 3). Others get
 # (data.image_size, data.image_size, 3).
 _ANY_SIZE = frozenset({"unet", "fcn", "segnet"})
+
+
+def __getattr__(attribute):
+    """`tfvision.models.build_ssd` etc., imported when first asked for."""
+    name = attribute.removeprefix("build_")
+    if attribute.startswith("build_") and name in DETECTORS:
+        return getattr(importlib.import_module(f"tfvision.models.detection.{name}"), attribute)
+    raise AttributeError(f"module 'tfvision.models' has no attribute {attribute!r}")
 
 
 def build_model(experiment_config):
@@ -17,15 +33,20 @@ def build_model(experiment_config):
 
     Returns:
         `keras.Model` taking float32 images `[B, H, W, 3]` (pixel values 0..255); segmentation models return
-        float32 logits `[B, H, W, model.num_classes + 1]`. H and W are free for the builders in `_ANY_SIZE`,
-        else `data.image_size`.
+        float32 logits `[B, H, W, model.num_classes + 1]`; detectors (`tfvision.models.detection.detector.Detector`)
+        return raw head outputs from `call` and final detections from `predict` / `detect`. H and W are free for
+        the builders in `_ANY_SIZE`, else `data.image_size`.
 
     Raises:
         ValueError: unknown `model.name` (the message lists the valid ones), or the builder's own errors.
     """
     name = experiment_config.model.name
-    builder = _BUILDERS.get(name)
+    if name in DETECTORS:
+        builder = __getattr__(f"build_{name}")
+    else:
+        builder = _BUILDERS.get(name)
     if builder is None:
-        raise ValueError(f"model.name: unknown model {name!r}; valid models: {', '.join(sorted(_BUILDERS))}.")
+        valid = sorted(set(_BUILDERS) | set(DETECTORS))
+        raise ValueError(f"model.name: unknown model {name!r}; valid models: {', '.join(valid)}.")
     size = None if name in _ANY_SIZE else experiment_config.data.image_size
     return builder(experiment_config.model, input_shape=(size, size, 3))

@@ -4,12 +4,15 @@
 `train(config)`, `evaluate(config, checkpoint=None)` and `export(config, checkpoint=None, version=None)`.
 """
 
-from tfvision.tasks import segmentation
+from tfvision.tasks import detection, segmentation
 
 TASKS = {
     "unet": segmentation,
     "fcn": segmentation,
     "segnet": segmentation,
+    "overfeat": detection,
+    "ssd": detection,
+    "yolo": detection,
 }
 
 

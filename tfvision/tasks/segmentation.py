@@ -13,6 +13,7 @@ import numpy as np
 
 from tfvision.config import ExperimentConfig
 from tfvision.data.label_map import LabelMap
+from tfvision.tasks.checkpoints import check_label_map, load_label_map, load_trained_model
 
 PIPELINE_KEYS = ("images", "segmentation")
 
@@ -25,7 +26,7 @@ def datasets(config: ExperimentConfig):
     data = config.data
     train = sources.load_split(data, data.train_split, segmentation=True, include_masks=False, shuffle_files=True)
     val = sources.load_split(data, data.val_split, segmentation=True, include_masks=False)
-    _check_label_map(config, train.label_map)
+    check_label_map(config, train.label_map)
     train_ds = pipeline.build_input_pipeline(
         train.dataset, data.image_size, data.batch_size, training=True, augment=augmentations(data),
         seed=config.train.seed, keys=PIPELINE_KEYS,
@@ -101,44 +102,6 @@ def export(config: ExperimentConfig, checkpoint: str | None = None, version: int
     from tfvision.export.saved_model import export_segmentation
 
     model = load_trained_model(config, checkpoint)
-    label_map = LabelMap.load(os.path.join(config.train.model_dir, "label_map.json"))
+    label_map = load_label_map(config)
     return export_segmentation(model, config.export.root, config.name, label_map, config.data.image_size,
                                version=version)
-
-
-def load_trained_model(config: ExperimentConfig, checkpoint: str | None = None):
-    """Builds the configured architecture and loads a checkpoint's weights into it.
-
-    Args:
-        checkpoint: a `.keras` file; defaults to `<train.model_dir>/checkpoints/best.keras`.
-
-    Raises:
-        FileNotFoundError: no such checkpoint (train first).
-        ValueError: the checkpoint holds another architecture than the config describes.
-    """
-    from tfvision.models import build_model
-
-    path = checkpoint or os.path.join(config.train.model_dir, "checkpoints", "best.keras")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist; run `tfvision train --config ...` first or pass --checkpoint."
-        )
-    model = build_model(config)
-    try:
-        model.load_weights(path)
-    except (ValueError, KeyError) as e:
-        raise ValueError(
-            f"checkpoint {path} does not fit the model the config describes (model.name={config.model.name}, "
-            f"backbone={config.model.backbone.name}): it was saved from another architecture or size. "
-            f"Use the config it was trained with. ({str(e).splitlines()[0][:300]})"
-        ) from None
-    return model
-
-
-def _check_label_map(config: ExperimentConfig, label_map: LabelMap) -> None:
-    if label_map.num_classes != config.model.num_classes:
-        raise ValueError(
-            f"model.num_classes is {config.model.num_classes} but the data set has {label_map.num_classes} "
-            f"classes ({', '.join(label_map.names[:10])}{'...' if label_map.num_classes > 10 else ''}); "
-            f"set model.num_classes={label_map.num_classes}."
-        )
