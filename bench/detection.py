@@ -1,0 +1,162 @@
+"""Speed of tfvision's single-stage detectors and of NMS alone, on CPU.
+
+NMS alone: N random boxes in a 1024x1024 image (corner uniform in [0, 896], width and height uniform in
+[16, 128]), uniform scores, class ids uniform in 0..79, IoU 0.5, no score threshold, every survivor kept: the
+recipe of the torchvision measurements on this machine (`torchvision.ops.batched_nms`: 1.06 ms at N=1,000 and
+10.98 ms at N=10,000, quoted beside ours). Rows:
+  * `ops.nms.batched_nms` (exact greedy, class-aware), called eagerly as a user would;
+  * `ops.nms.padded_batched_nms` with per-class scores `[1, N, 80]` in a `tf.function` (what `DetectionDecoder`
+    runs inside `model.predict` and exports: every (box, class) pair above the threshold is a candidate; here
+    one non-zero score per box, the same work);
+  * `tf.image.combined_non_max_suppression` on the same boxes, TensorFlow's own batched NMS, for reference.
+
+Detectors (random weights, 80 classes as COCO, `DetectionDecoder` defaults: score threshold 0.05, NMS 0.5,
+100 detections): `model.detect` (network + decode + NMS, the graph `model.predict` and an export run) inside a
+`tf.function`, batch 1 and 8, images per second. SSD300-VGG16, SSDLite320-MobileNetV2, and the YOLO conv head
+(v3 style) at 416 on MobileNetV2. Random weights give near-uniform scores, so every anchor and class passes
+the 0.05 threshold and NMS works on its largest input (top 1,000 pre-NMS candidates): the slow case.
+
+Timing: default TF threading, one untimed warm-up call, medians of timed calls; the 2 cores are shared.
+
+Usage: python bench/detection.py [--out FILE] [--skip-models]
+BENCH_QUICK=1: a smoke run (tiny counts; numbers meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import benchutil  # noqa: E402
+
+NUM_CLASSES = 80
+IMAGE = 1024.0
+TORCHVISION_BATCHED_NMS_MS = {1000: 1.06, 10000: 10.98}
+# label -> (model.name, backbone, input size, family options)
+DETECTORS = {
+    "SSD300-VGG16": ("ssd", "vgg16", 300, {}),
+    "SSDLite320-MobileNetV2": ("ssd", "mobilenetv2", 320, {"ssd": {"head": "separable"}}),
+    "YOLO conv head (v3), MobileNetV2": ("yolo", "mobilenetv2", 416, {"yolo": {"version": "v3"}}),
+}
+
+
+def nms_inputs(n, num_classes=NUM_CLASSES, seed=0):
+    """yxyx float32 boxes, scores and class ids, the torchvision bench's recipe (see the module docstring)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, IMAGE - 128, (n, 2))
+    wh = rng.uniform(16, 128, (n, 2))
+    xyxy = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    scores = rng.uniform(0, 1, n).astype(np.float32)
+    classes = rng.integers(0, num_classes, n).astype(np.int32)
+    return np.ascontiguousarray(xyxy[:, [1, 0, 3, 2]]), scores, classes
+
+
+def bench_nms() -> list[dict]:
+    import numpy as np
+    import tensorflow as tf
+
+    from tfvision.ops import nms
+
+    rows = []
+    for n in (200, 400) if benchutil.quick() else (1000, 10000):
+        boxes, scores, classes = nms_inputs(n)
+        per_class = np.zeros((1, n, NUM_CLASSES), np.float32)
+        per_class[0, np.arange(n), classes] = np.maximum(scores, 1e-6)
+        boxes_t, scores_t, classes_t = tf.constant(boxes), tf.constant(scores), tf.constant(classes)
+        per_class_t = tf.constant(per_class)
+
+        def batched():
+            return nms.batched_nms(boxes_t, scores_t, classes_t, 0.5)
+
+        @tf.function
+        def padded():
+            return nms.padded_batched_nms(boxes_t[None], per_class_t, max_detections=n, iou_threshold=0.5,
+                                          score_threshold=0.0, pre_nms_top_k=None)
+
+        combined_fn = tf.function(lambda: tf.image.combined_non_max_suppression(
+            boxes_t[None, :, None], per_class_t, n, n, 0.5, 1e-7, pad_per_class=False, clip_boxes=False))
+
+        kept = int(tf.size(batched()))
+        for label, fn in (("ops.nms.batched_nms", batched), ("ops.nms.padded_batched_nms (decoder path)", padded),
+                          ("tf.image.combined_non_max_suppression", combined_fn)):
+            times = benchutil.repeat_timed(fn, repeats=20 if n <= 1000 else 10)
+            rows.append({"op": label, "n": n, "ms": 1000 * benchutil.median(times), "best": 1000 * min(times),
+                         "kept": kept, "torchvision": TORCHVISION_BATCHED_NMS_MS.get(n, "")})
+    return rows
+
+
+def build_detector(label):
+    from tfvision.config import ExperimentConfig, from_dict, to_dict
+    from tfvision.models import build_model
+
+    name, backbone, size, options = DETECTORS[label]
+    size = 96 if benchutil.quick() else size
+    config = to_dict(ExperimentConfig())
+    config["data"]["image_size"] = size
+    config["model"].update(name=name, num_classes=NUM_CLASSES, backbone={"name": backbone, "weights": "none"})
+    for section, values in options.items():
+        config["model"][section].update(values)
+    return build_model(from_dict(ExperimentConfig, config)), size
+
+
+def bench_detectors() -> list[dict]:
+    import numpy as np
+    import tensorflow as tf
+
+    rows = []
+    for label in DETECTORS:
+        model, size = build_detector(label)
+        detect = tf.function(model.detect, reduce_retracing=True)
+        for batch in (1, 8):
+            images = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)), tf.float32)
+            times = benchutil.repeat_timed(lambda: detect(images), repeats=10 if batch == 1 else 5)
+            median = benchutil.median(times)
+            rows.append({"model": label, "size": f"{size}x{size}", "batch": batch, "ms": 1000 * median,
+                         "ips": batch / median, "anchors": int(model.decode_predictions(model(images[:1]))[1].shape[1])})
+        del model, detect
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write the Markdown section here (default: print it)")
+    parser.add_argument("--skip-models", action="store_true", help="only NMS")
+    args = parser.parse_args()
+    info = benchutil.machine_info()
+    lines = [
+        "## Detection: NMS and single-stage detectors (`bench/detection.py`)",
+        "",
+        f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores; Python {info['python']}, TensorFlow "
+        f"{info.get('tensorflow')}, Keras {info.get('keras')}. Protocol in the script's docstring.",
+        "",
+        "### NMS alone (80 classes, IoU 0.5, every survivor kept)",
+        "",
+        benchutil.md_table(bench_nms(), [("op", "op", ""), ("N", "n", ""), ("median ms", "ms", "{:.2f}"),
+                                         ("best ms", "best", "{:.2f}"), ("kept", "kept", ""),
+                                         ("torchvision batched_nms ms", "torchvision", "")]),
+    ]
+    if not args.skip_models:
+        lines += [
+            "",
+            "### Detectors: `model.detect` (network + decode + NMS), random weights, 80 classes",
+            "",
+            benchutil.md_table(bench_detectors(), [("model", "model", ""), ("input", "size", ""),
+                                                   ("batch", "batch", ""), ("median ms/batch", "ms", "{:.1f}"),
+                                                   ("images/s", "ips", "{:.2f}"), ("anchors", "anchors", "")]),
+        ]
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
