@@ -110,7 +110,12 @@ class DetectionConfig:
 @dataclasses.dataclass
 class OverFeatConfig:
     """Multi-scale sliding-window detector: one class head and one box head per grid cell of a conv trunk,
-    applied to an image pyramid (`scales` of the input size) at inference."""
+    applied to an image pyramid (`scales` of the input size) at inference.
+
+    `level`: the trunk is the backbone up to this level (stride 2**level). `head_convs`: 3x3 convolutions
+    (of `head_filters` channels) in each head before its 1x1 output. `box_weights`: the box coder's
+    (wy, wx, wh, ww); empty means (1, 1, 1, 1).
+    """
 
     scales: tuple[float, ...] = (1.0,)
     cell_size: float = 4.0  # a cell's reference box side, in strides
@@ -118,6 +123,9 @@ class OverFeatConfig:
     negative_iou: float = 0.4
     box_loss_weight: float = 1.0
     head_filters: int = 128
+    level: int = 4
+    head_convs: int = 1
+    box_weights: tuple[float, ...] = ()
 
 
 @dataclasses.dataclass
