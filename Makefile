@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo
+# TensorFlow's C++ start-up notices (CUDA probing, oneDNN) are noise in the demo's output.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test bench clean
 
