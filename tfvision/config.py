@@ -56,7 +56,8 @@ class DataConfig:
     max_instances: int = 32
     include_masks: bool = False
     batch_size: int = 16
-    augment: tuple[Literal["flip", "scale_jitter", "photometric"], ...] = ("flip", "scale_jitter")
+    augment: tuple[Literal["flip", "scale_jitter", "photometric", "expand", "min_iou_crop"], ...] = (
+        "flip", "scale_jitter")
     scale_range: tuple[float, ...] = (0.5, 2.0)
     shapes: ShapesConfig = dataclasses.field(default_factory=ShapesConfig)
 
@@ -114,7 +115,9 @@ class OverFeatConfig:
 
     `level`: the trunk is the backbone up to this level (stride 2**level). `head_convs`: 3x3 convolutions
     (of `head_filters` channels) in each head before its 1x1 output. `box_weights`: the box coder's
-    (wy, wx, wh, ww); empty means (1, 1, 1, 1).
+    (wy, wx, wh, ww); empty means (1, 1, 1, 1). `valid_box_range`: (lo, hi) box sides, in pixels of the
+    resized image, that each pyramid scale is trusted with (SNIP; the largest scale keeps all below hi, the
+    smallest all above lo); empty keeps all.
     """
 
     scales: tuple[float, ...] = (1.0,)
@@ -126,6 +129,7 @@ class OverFeatConfig:
     level: int = 4
     head_convs: int = 1
     box_weights: tuple[float, ...] = ()
+    valid_box_range: tuple[float, ...] = ()
 
 
 @dataclasses.dataclass
@@ -144,7 +148,12 @@ class SSDConfig:
 
 @dataclasses.dataclass
 class YOLOConfig:
-    """YOLOv1 (conv trunk + fully connected S x S x (B*5 + C) output) or the anchor-based conv head (`v3`)."""
+    """YOLOv1 (conv trunk + fully connected S x S x (B*5 + C) output) or the anchor-based conv head (`v3`).
+
+    v1 builds its own trunk: `backbone.width` sets its width (64 = the paper's), `trunk_repeats` its depth (the
+    paper's (4, 2) = 24 convs), and `backbone.name` is not used. v3 uses `backbone` (levels 3-5) and a neck
+    with `neck_filters` channels at stride 8 (doubling per level). See `tfvision.models.detection.yolo`.
+    """
 
     version: Literal["v1", "v3"] = "v1"
     grid_size: int = 7
@@ -154,6 +163,146 @@ class YOLOConfig:
     lambda_noobj: float = 0.5
     anchors: tuple[tuple[float, ...], ...] = ()  # v3: (w, h) pixel pairs, 3 per level; empty = scaled default
     ignore_iou: float = 0.5
+    trunk_repeats: tuple[int, ...] = (4, 2)  # v1: repeats of the paper's two {1x1, 3x3} conv pairs
+    dropout: float = 0.5  # v1: after the first fully connected layer
+    confidence_target: Literal["iou", "one"] = "iou"  # v1: responsible box's confidence target (paper: IoU)
+    neck_filters: int = 128  # v3: neck channels at stride 8, doubled at 16 and 32
+    box_loss_weight: float = 1.0  # v3: weights of the GIoU, objectness and class terms
+    object_loss_weight: float = 1.0
+    class_loss_weight: float = 1.0
+
+
+@dataclasses.dataclass
+class FasterRCNNConfig:
+    """Faster R-CNN, and the Faster R-CNN inside Mask R-CNN: backbone [+ FPN] -> RPN -> proposals -> ROI head.
+
+    Features: without `fpn`, backbone level `feature_level` (stride 2**level) feeds the RPN and the ROI head;
+    with `fpn`, an FPN of `fpn_filters` channels gives P`min_level`..P`max_level` (levels above 5 by stride-2
+    subsampling), the RPN runs on every level and the ROI head pools from P`min_level`..P5 (`canonical_size`:
+    the box size pooled from P4). Anchors per location: `anchor_scales` x `aspect_ratios` (width / height) of
+    each level's `anchor_sizes` (pixels); empty means the variant's default: (128,) x scales (1, 2, 4) without
+    FPN (the paper's 3 x 3), 32 * 2**(l - 2) per level x (1,) with it.
+    RPN training samples `rpn_batch_size` anchors per image (`rpn_fg_fraction` of them positive, IoU >=
+    `rpn_positive_iou`; negatives below `rpn_negative_iou`). Proposals: the `pre_nms_top_n_*` best anchors (per
+    level), decoded, clipped, boxes under `rpn_min_size` pixels dropped, NMS at `rpn_nms_iou`, the
+    `post_nms_top_n_*` best kept (train / test settings). ROI head training samples `roi_batch_size` rois per
+    image from the proposals plus the ground truth (`roi_fg_fraction` with IoU >= `roi_fg_iou`, background in
+    [`roi_bg_iou_low`, `roi_bg_iou_high`)), pools them (`roi_pooling` align or pool, `roi_size` square; pool
+    only without FPN) into two fully connected layers of `head_units`. `box_weights` encode the ROI head's
+    deltas. The total loss weighs the lecture's four terms; `*_box_beta` are the smooth L1 betas.
+    `training`: `joint` (approximate joint training, no gradient through proposal coordinates) or
+    `alternating` (the paper's 4-step scheme, `alternating_epochs` per step; see
+    `tfvision.models.detection.faster_rcnn.train_alternating`).
+    """
+
+    fpn: bool = False
+    feature_level: int = 4
+    min_level: int = 2
+    max_level: int = 6
+    fpn_filters: int = 256
+    anchor_sizes: tuple[float, ...] = ()
+    anchor_scales: tuple[float, ...] = ()
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_filters: int = 256
+    rpn_positive_iou: float = 0.7
+    rpn_negative_iou: float = 0.3
+    rpn_batch_size: int = 256
+    rpn_fg_fraction: float = 0.5
+    rpn_nms_iou: float = 0.7
+    rpn_min_size: float = 0.001
+    pre_nms_top_n_train: int = 2000
+    post_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_test: int = 1000
+    roi_pooling: Literal["align", "pool"] = "align"
+    roi_size: int = 7
+    roi_sampling_ratio: int = 2
+    canonical_size: float = 224.0
+    roi_batch_size: int = 512
+    roi_fg_fraction: float = 0.25
+    roi_fg_iou: float = 0.5
+    roi_bg_iou_high: float = 0.5
+    roi_bg_iou_low: float = 0.0
+    head_units: int = 1024
+    box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
+    rpn_class_weight: float = 1.0
+    rpn_box_weight: float = 1.0
+    roi_class_weight: float = 1.0
+    roi_box_weight: float = 1.0
+    rpn_box_beta: float = 0.1111111111111111
+    roi_box_beta: float = 1.0
+    training: Literal["joint", "alternating"] = "joint"
+    alternating_epochs: tuple[int, ...] = (1, 1, 1, 1)
+
+
+@dataclasses.dataclass
+class MaskRCNNConfig:
+    """Mask R-CNN's mask head (the rest is `faster_rcnn`): ROI align to `roi_size` squares, `convs` 3x3
+    convolutions of `filters` channels, a 2x transposed convolution, one 2*roi_size square mask per class
+    (28 x 28 by default), per-pixel sigmoid cross entropy on the ground-truth class weighted by `mask_weight`.
+    Ground-truth masks travel cropped to their boxes at `gt_mask_size` squares (not at image size)."""
+
+    roi_size: int = 14
+    convs: int = 4
+    filters: int = 256
+    gt_mask_size: int = 56
+    mask_weight: float = 1.0
+
+
+@dataclasses.dataclass
+class RCNNConfig:
+    """R-CNN: each selective-search proposal cropped and warped to a `crop_size` square (with `context_padding`
+    pixels of context around the box in the warped crop: the paper's 16 at 227), classified by the backbone up
+    to `level` and two fully connected layers of `fc_units`: K + 1 class logits and per-class box deltas
+    (encoded with `box_weights`).
+
+    Proposals (`tfvision.data.proposals`): `num_proposals` per image from `proposal_mode` selective search
+    (fast or quality), filled up with a coarse grid; images smaller than `proposal_min_side` are enlarged for
+    the search. Training (`tfvision.data.region_targets`): `num_regions` regions per image from proposals plus
+    ground truth, up to `fg_fraction` foreground (IoU >= `fg_iou`), background with IoU in [`bg_iou_low`,
+    `fg_iou`), topped up below `bg_iou_low` when too few (`fill_background`). Loss: softmax cross entropy plus
+    `box_loss_weight` x smooth L1 (`box_beta`) on the true class's deltas.
+    """
+
+    proposal_mode: Literal["fast", "quality"] = "fast"
+    num_proposals: int = 2000
+    proposal_min_side: int = 128
+    crop_size: int = 227
+    context_padding: int = 16
+    level: int = 5
+    fc_units: int = 4096
+    num_regions: int = 128
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5
+    bg_iou_low: float = 0.1
+    fill_background: bool = True
+    box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
+    box_loss_weight: float = 1.0
+    box_beta: float = 1.0
+
+
+@dataclasses.dataclass
+class FastRCNNConfig:
+    """Fast R-CNN: the backbone up to `level` (stride 2**level) runs once per image; each selective-search
+    proposal is ROI max-pooled from it to a `roi_size` square and goes through two fully connected layers of
+    `fc_units` to K + 1 class logits and per-class box deltas (`box_weights`). Proposals, region sampling and
+    loss as in `RCNNConfig` (the fields of the same names).
+    """
+
+    proposal_mode: Literal["fast", "quality"] = "fast"
+    num_proposals: int = 2000
+    proposal_min_side: int = 128
+    level: int = 4
+    roi_size: int = 7
+    fc_units: int = 4096
+    num_regions: int = 64
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5
+    bg_iou_low: float = 0.1
+    fill_background: bool = True
+    box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
+    box_loss_weight: float = 1.0
+    box_beta: float = 1.0
 
 
 @dataclasses.dataclass
@@ -163,7 +312,9 @@ class ModelConfig:
     `num_classes` counts object classes K; segmentation models predict K + 1 channels (0 = background).
     """
 
-    name: Literal["unet", "fcn", "segnet", "overfeat", "ssd", "yolo"] = "unet"
+    name: Literal[
+        "unet", "fcn", "segnet", "overfeat", "ssd", "yolo", "faster_rcnn", "mask_rcnn", "rcnn", "fast_rcnn"
+    ] = "unet"
     num_classes: int = 4
     backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)
     fcn: FCNConfig = dataclasses.field(default_factory=FCNConfig)
@@ -173,6 +324,10 @@ class ModelConfig:
     overfeat: OverFeatConfig = dataclasses.field(default_factory=OverFeatConfig)
     ssd: SSDConfig = dataclasses.field(default_factory=SSDConfig)
     yolo: YOLOConfig = dataclasses.field(default_factory=YOLOConfig)
+    faster_rcnn: FasterRCNNConfig = dataclasses.field(default_factory=FasterRCNNConfig)
+    mask_rcnn: MaskRCNNConfig = dataclasses.field(default_factory=MaskRCNNConfig)
+    rcnn: RCNNConfig = dataclasses.field(default_factory=RCNNConfig)
+    fast_rcnn: FastRCNNConfig = dataclasses.field(default_factory=FastRCNNConfig)
 
 
 @dataclasses.dataclass

@@ -28,8 +28,12 @@ import tensorflow as tf
 from tfvision.data import transforms
 
 # Augmentations by name. Flip and scale jitter are one geometry (the flip mirrors the source window, in
-# uint8, before resizing); photometric jitter runs on the resized image.
-AUGMENTATIONS = ("flip", "scale_jitter", "photometric")
+# uint8, before resizing); photometric jitter runs on the resized image. "expand" and "min_iou_crop" are SSD's
+# zoom-out and min-IoU random crop (`transforms.ssd_geometry`): with flip they are one geometry too, whose
+# window may reach past the image; they replace scale jitter (both choose the window), so not with it.
+AUGMENTATIONS = ("flip", "scale_jitter", "photometric", "expand", "min_iou_crop")
+# The augmentations that make an SSD geometry.
+SSD_AUGMENTATIONS = ("expand", "min_iou_crop")
 # Photometric jitter is left out by default: on CPU its HSV round trips on a 512-px image (~6 ms) cost more
 # than decoding a 640x480 JPEG and resizing it (~4 ms). Ask for it with augment=AUGMENTATIONS.
 DEFAULT_AUGMENT = ("flip", "scale_jitter")
@@ -124,8 +128,12 @@ def build_input_pipeline(
         batch_size: examples per batch.
         training: shuffle and augment when True.
         augment: augmentations for training, names from `AUGMENTATIONS` ("flip", "scale_jitter",
-            "photometric"), or a mapping name -> keyword arguments of the transform (e.g.
-            `{"scale_jitter": {"scale_range": (0.8, 1.25)}}`); None or () for none. Ignored when not training.
+            "photometric", "expand", "min_iou_crop"), or a mapping name -> keyword arguments of the transform
+            (e.g. `{"scale_jitter": {"scale_range": (0.8, 1.25)}}`; "expand" takes those of
+            `transforms.expand_window` plus `fill`, "min_iou_crop" those of `transforms.min_iou_crop_window`);
+            None or () for none. Ignored when not training. "expand" / "min_iou_crop" (SSD's) exclude
+            "scale_jitter"; with them a geometry from `transforms.ssd_geometry` replaces the scale-crop one, and
+            objects whose centres leave the crop are dropped.
         shuffle_buffer: size of the shuffle buffer when training; 0 disables shuffling. It holds decoded
             examples (a 640x480 image with its segmentation is ~2 MB, 100 instance masks add 30 MB), so
             it is kept small; shuffle file order in the loader, before decoding, for a wider mix.
@@ -170,13 +178,27 @@ def build_input_pipeline(
         raise ValueError(
             f"build_input_pipeline: augment['flip'] takes only 'probability', got {sorted(options['flip'])}."
         )
+    ssd = any(name in options for name in SSD_AUGMENTATIONS)
+    if ssd and "scale_jitter" in options:
+        raise ValueError(
+            "build_input_pipeline: augment asks for scale_jitter and SSD's expand / min_iou_crop, which both choose "
+            "the image window; use one or the other."
+        )
+    expand_kwargs = dict(options.get("expand", {}))
+    fill = expand_kwargs.pop("fill", transforms.MEAN_PIXEL)
+    transform_objects = transforms.transform_canvas_objects if ssd else transforms.transform_objects
     keep = None if keys is None else tuple(keys) + (_GEOMETRY,)
 
     def prepare(example, example_seed=None):
         image_size = tf.shape(example["images"])[:2]
         if "photometric" in options:
             example_seed, colour_seed = tf.unstack(tf.random.split(example_seed, 2))
-        if "scale_jitter" in options:
+        if ssd:
+            geometry = transforms.ssd_geometry(
+                example, output_size, expand=expand_kwargs if "expand" in options else None,
+                min_iou_crop=options.get("min_iou_crop"), flip_probability=flip_probability, seed=example_seed,
+            )
+        elif "scale_jitter" in options:
             # Flip, jitter and window come from one draw (the cheapest graph; see transforms).
             geometry = transforms.scale_crop_geometry(
                 image_size, output_size, seed=example_seed, flip_probability=flip_probability, **scale_kwargs
@@ -185,19 +207,22 @@ def build_input_pipeline(
             geometry = transforms.resize_geometry(image_size, output_size)
             if "flip" in options:
                 geometry = transforms.random_flip_geometry(geometry, flip_probability, seed=example_seed)
-        example = transforms.transform_pixels(example, geometry, output_size)
+        if ssd:
+            example = transforms.transform_canvas_pixels(example, geometry, output_size, fill)
+        else:
+            example = transforms.transform_pixels(example, geometry, output_size)
         if "photometric" in options:
             example = transforms.photometric_jitter(example, seed=colour_seed, **options["photometric"])
         if batch_objects:
             example[_GEOMETRY] = {k: v for k, v in geometry.items() if k != "scale"}  # the objects need no scale
         else:
-            example = transforms.transform_objects(example, geometry, output_size, min_box_area)
+            example = transform_objects(example, geometry, output_size, min_box_area)
         return _select(example, keep)
 
     def finish(batch):
         batch = dict(batch)
         geometry = batch.pop(_GEOMETRY)
-        return transforms.transform_objects(batch, geometry, output_size, min_box_area)
+        return transform_objects(batch, geometry, output_size, min_box_area)
 
     if options:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)

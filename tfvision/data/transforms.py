@@ -519,3 +519,339 @@ def photometric_jitter(
     if hue:
         image = tf.image.stateless_random_hue(image, float(hue), seeds[3])
     return dict(example, images=tf.clip_by_value(image, 0.0, 255.0))
+
+
+# --- SSD expand and min-IoU crop: geometries whose window may reach past the image ---
+#
+# SSD (Liu et al., 2016) trains on photometric -> expand -> min-IoU crop -> flip -> resize. Expand and crop only
+# choose a window: expand puts the image at a random spot of a canvas up to 4x its size (in source pixels the
+# canvas is a window starting at minus the image's place on it), and the crop picks a window inside the canvas.
+# So the whole chain is one geometry (offset / crop / resized / scale / flip, as above) whose window may reach
+# past the image: `transform_canvas_pixels` fills what lies outside the image (the mean pixel for images, 255
+# for semantic maps, 0 for masks) and applies it with `transform_pixels`; `transform_canvas_objects` keeps the
+# objects whose centres lie inside the window (SSD's rule) and applies it with `transform_objects`. The window
+# is then fitted into `output_size` with its aspect kept and padded bottom/right, as `resize_and_pad` does (the
+# evaluation resize), not stretched to a square as the original SSD does.
+
+# The fill of expand's canvas: the ImageNet mean in RGB, 0..255 (SSD's and torchvision's RandomZoomOut's).
+MEAN_PIXEL = (123.0, 117.0, 104.0)
+# The min-IoU crop's options: a crop must overlap some object with IoU >= one of these; one more option
+# (each drawn with equal chance) keeps the whole window.
+MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def _window(geometry):
+    """(offset, crop) of a window or geometry dict, int32 `[..., 2]` each."""
+    return tf.cast(geometry["offset"], tf.int32), tf.cast(geometry["crop"], tf.int32)
+
+
+def expand_window(image_size, max_ratio: float = 4.0, probability: float = 0.5, seed=None) -> dict:
+    """SSD's expand ("zoom out") as a window: the image placed at a random spot of a larger canvas.
+
+    With chance `probability` a ratio r is drawn uniformly from [1, max_ratio]; the canvas is
+    `floor(r * image_size)` and the image's top-left corner is drawn uniformly over the canvas positions
+    that keep the image inside it. Otherwise the window is the image itself.
+
+    Args:
+        image_size: int32 `[2]`, the source (height, width).
+        max_ratio: largest canvas side over image side, >= 1 (SSD: 4).
+        probability: chance of expanding, in [0, 1].
+        seed: int, int `[2]` tensor, or None (not reproducible).
+
+    Returns:
+        `{"offset": int32 [2], "crop": int32 [2]}`: the canvas in source pixels, its top-left at minus the
+        image's place on it (so offset <= 0 and offset + crop >= image_size).
+    """
+    if not float(max_ratio) >= 1.0:
+        raise ValueError(f"expand_window: max_ratio must be >= 1 (canvas side / image side), got {max_ratio}.")
+    if not 0.0 <= float(probability) <= 1.0:
+        raise ValueError(f"expand_window: probability must be in [0, 1], got {probability}.")
+    source = tf.cast(image_size, tf.int32)
+    draw = tf.random.stateless_uniform([4], as_seed(seed))
+    apply, ratio, position = draw[0], draw[1], draw[2:]
+    ratio = tf.where(apply < probability, 1.0 + (float(max_ratio) - 1.0) * ratio, 1.0)
+    canvas = tf.maximum(tf.cast(tf.floor(tf.cast(source, tf.float32) * ratio), tf.int32), source)
+    room = canvas - source
+    place = tf.minimum(tf.cast(position * tf.cast(room + 1, tf.float32), tf.int32), room)
+    return {"offset": -place, "crop": canvas}
+
+
+def min_iou_crop_window(
+    window: dict,
+    boxes,
+    valid=None,
+    min_ious=MIN_IOUS,
+    max_trials: int = 50,
+    min_scale: float = 0.3,
+    aspect_range=(0.5, 2.0),
+    seed=None,
+) -> dict:
+    """SSD's random crop: a sub-window overlapping some object by at least a randomly chosen IoU.
+
+    One option is drawn with equal chance from `min_ious` plus "no crop". For a threshold t, `max_trials`
+    candidate windows are drawn at once (each side `min_scale`..1 of the window's, width / height in
+    `aspect_range`, a uniform position inside the window); the first candidate that holds the centre of some
+    valid object whose box has IoU >= t with the candidate is taken. If none qualifies (or "no crop" was
+    drawn), the window is kept whole. Bounded work and static shapes: `[max_trials, N]` IoUs, no loop.
+
+    Args:
+        window: `{"offset", "crop"}` int32 `[2]` (e.g. from `expand_window`, or the whole image:
+            offset 0, crop = image size), in source pixels.
+        boxes: float32 `[N, 4]` yxyx source pixels.
+        valid: bool `[N]`, the real objects to crop around (default: non-zero boxes).
+        min_ious: the IoU thresholds to choose from (SSD: 0.1, 0.3, 0.5, 0.7, 0.9; add 0 for "any crop that
+            keeps an object centre").
+        max_trials: candidate windows drawn per call.
+        min_scale: smallest side of a candidate as a fraction of the window's side, in (0, 1].
+        aspect_range: (min, max) of a candidate's width / height.
+        seed: int, int `[2]` tensor, or None (not reproducible).
+
+    Returns:
+        `{"offset": int32 [2], "crop": int32 [2]}`, inside `window`.
+    """
+    min_ious = tuple(float(t) for t in min_ious)
+    if not min_ious or not all(0.0 <= t <= 1.0 for t in min_ious):
+        raise ValueError(f"min_iou_crop_window: min_ious must be a non-empty list of IoUs in [0, 1], got {min_ious}.")
+    if not isinstance(max_trials, numbers.Integral) or max_trials < 1:
+        raise ValueError(f"min_iou_crop_window: max_trials must be a positive int, got {max_trials!r}.")
+    if not 0.0 < float(min_scale) <= 1.0:
+        raise ValueError(f"min_iou_crop_window: min_scale must be in (0, 1], got {min_scale}.")
+    low_aspect, high_aspect = (float(a) for a in aspect_range)
+    if not 0.0 < low_aspect <= high_aspect:
+        raise ValueError(
+            f"min_iou_crop_window: aspect_range must be (min, max) width / height with 0 < min <= max, "
+            f"got {aspect_range}."
+        )
+    from tfvision.ops import boxes as box_ops  # ops know nothing of data; imported here to keep this module light
+
+    offset, size = _window(window)
+    boxes = tf.cast(boxes, tf.float32)
+    if valid is None:
+        valid = tf.reduce_any(boxes != 0, axis=-1)
+    option_seed, trial_seed = tf.unstack(tf.random.split(as_seed(seed), 2))
+    # "No crop" is a threshold no IoU reaches, so that option keeps the whole window with the same graph.
+    thresholds = tf.constant(min_ious + (2.0,), tf.float32)
+    option = tf.random.stateless_uniform([], option_seed, maxval=len(min_ious) + 1, dtype=tf.int32)
+    threshold = thresholds[option]
+
+    draw = tf.random.stateless_uniform([max_trials, 4], trial_seed)
+    size_f = tf.cast(size, tf.float32)
+    sides = tf.maximum(tf.cast(tf.round((min_scale + (1.0 - min_scale) * draw[:, :2]) * size_f), tf.int32), 1)
+    aspect = tf.cast(sides[:, 1], tf.float32) / tf.cast(sides[:, 0], tf.float32)
+    aspect_ok = (aspect >= low_aspect) & (aspect <= high_aspect)  # [T]
+    room = size - sides
+    starts = offset + tf.minimum(tf.cast(draw[:, 2:] * tf.cast(room + 1, tf.float32), tf.int32), room)
+    candidates = tf.cast(tf.concat([starts, starts + sides], -1), tf.float32)  # [T, 4]
+
+    centres = 0.5 * (boxes[:, :2] + boxes[:, 2:])  # [N, 2]
+    inside = tf.reduce_all(
+        (centres[tf.newaxis] > candidates[:, tf.newaxis, :2]) & (centres[tf.newaxis] < candidates[:, tf.newaxis, 2:]),
+        axis=-1,
+    )  # [T, N]
+    overlap = box_ops.iou(candidates, boxes) >= threshold  # [T, N]
+    good = aspect_ok & tf.reduce_any(inside & overlap & valid[tf.newaxis], axis=-1)  # [T]
+    first = tf.argmax(tf.cast(good, tf.int32), output_type=tf.int32)
+    found = tf.reduce_any(good)
+    return {
+        "offset": tf.where(found, starts[first], offset),
+        "crop": tf.where(found, sides[first], size),
+    }
+
+
+def window_geometry(window: dict, output_size) -> dict:
+    """The geometry that fits a window into `output_size` with its aspect kept (padding bottom/right), as
+    `resize_geometry` fits a whole image.
+
+    Args:
+        window: `{"offset", "crop"}` int32 `[2]` in source pixels; it may reach past the image (then apply it
+            with `transform_canvas_pixels` / `transform_canvas_objects`).
+        output_size: int or (height, width), the static output size.
+
+    Returns:
+        A geometry dict (offset, crop, resized, scale).
+    """
+    offset, crop = _window(window)
+    return dict(resize_geometry(crop, output_size), offset=offset)
+
+
+def _valid_for_cropping(example) -> tf.Tensor:
+    """bool [N]: the objects a crop is chosen around: real (class >= 0) and not crowd regions."""
+    valid = _valid(example)
+    if "is_crowd" in example:
+        valid = valid & tf.logical_not(example["is_crowd"])
+    return valid
+
+
+def ssd_geometry(example: dict, output_size, expand=None, min_iou_crop=None, flip_probability: float = 0.0,
+                 seed=None) -> dict:
+    """SSD's geometric augmentation of one example as one geometry: expand, min-IoU crop, flip, resize.
+
+    Args:
+        example: unbatched example dict (`images`; `boxes` and `classes` for the crop, which keeps the whole
+            window when there are none).
+        output_size: int or (height, width), the static output size.
+        expand: None (no expand), or keyword arguments of `expand_window` (`{}` for SSD's defaults).
+        min_iou_crop: None (no crop), or keyword arguments of `min_iou_crop_window` (`{}` for the defaults).
+        flip_probability: chance of mirroring the window left-right; 0 adds no `flip`.
+        seed: int, int `[2]` tensor, or None (not reproducible).
+
+    Returns:
+        A geometry dict whose window may reach past the image: apply it with `transform_canvas_pixels` and
+        `transform_canvas_objects` (the latter also batched, after `batch()`).
+    """
+    check_output_size(output_size, "ssd_geometry")
+    expand_seed, crop_seed, flip_seed = tf.unstack(tf.random.split(as_seed(seed), 3))
+    image_size = tf.shape(example["images"])[:2]
+    if expand is not None:
+        window = expand_window(image_size, seed=expand_seed, **expand)
+    else:
+        window = {"offset": tf.zeros([2], tf.int32), "crop": tf.cast(image_size, tf.int32)}
+    if min_iou_crop is not None and "boxes" in example:
+        window = min_iou_crop_window(
+            window, example["boxes"], _valid_for_cropping(example), seed=crop_seed, **min_iou_crop
+        )
+    geometry = window_geometry(window, output_size)
+    if flip_probability:
+        geometry = random_flip_geometry(geometry, flip_probability, seed=flip_seed)
+    return geometry
+
+
+def _cut_window(x, offset, crop, fill, leading=0):
+    """The `crop`-sized window of `x` at `offset` (spatial dims after `leading` dims), the part outside `x`
+    filled with `fill` (a scalar, or one value per channel of the last dim)."""
+    size = tf.shape(x)[leading : leading + 2]
+    start = tf.clip_by_value(offset, 0, size)
+    end = tf.maximum(tf.clip_by_value(offset + crop, 0, size), start)  # an empty cut if the window misses x
+    rest = x.shape.rank - leading - 2
+    begin = tf.concat([tf.zeros([leading], tf.int32), start, tf.zeros([rest], tf.int32)], 0)
+    extent = tf.concat([tf.fill([leading], -1), end - start, tf.fill([rest], -1)], 0)
+    inner = tf.slice(x, begin, extent)
+    spatial = tf.stack([start - offset, offset + crop - end], axis=1)  # [[top, bottom], [left, right]]
+    paddings = tf.concat([tf.zeros([leading, 2], tf.int32), spatial, tf.zeros([rest, 2], tf.int32)], 0)
+    fills = tuple(fill) if isinstance(fill, (tuple, list)) else (fill,)
+    if len(fills) == 1:
+        out = tf.pad(inner, paddings, constant_values=tf.cast(fills[0], x.dtype))
+    else:
+        if x.shape[-1] != len(fills):
+            raise ValueError(
+                f"transform_canvas_pixels: fill has {len(fills)} values for images of {x.shape[-1]} channels; give "
+                "one value or one per channel."
+            )
+        # tf.pad takes one constant; a per-channel fill pads each channel with its own.
+        out = tf.concat(
+            [
+                tf.pad(inner[..., c : c + 1], paddings, constant_values=tf.cast(round(v) if x.dtype.is_integer else v,
+                                                                                 x.dtype))
+                for c, v in enumerate(fills)
+            ],
+            -1,
+        )
+    out.set_shape(x.shape[:leading].concatenate([None, None]).concatenate(x.shape[leading + 2 :]))
+    return out
+
+
+def transform_canvas_pixels(example: dict, geometry: dict, output_size, fill=MEAN_PIXEL) -> dict:
+    """`transform_pixels` for a geometry whose window may reach past the image (from `ssd_geometry`).
+
+    The window is cut out, what lies outside the image filled (images with `fill`, the semantic map with 255,
+    ignore), then resized, mirrored and padded exactly as `transform_pixels` does.
+
+    Args:
+        example: unbatched example dict; `images` [H, W, C] uint8 or float.
+        geometry: unbatched geometry dict.
+        output_size: int or (height, width), the static output size.
+        fill: the image's value outside the source: one number, or one per channel (0..255 scale; rounded for
+            uint8 images). Defaults to `MEAN_PIXEL`.
+
+    Returns:
+        As `transform_pixels`: images float32 `[height, width, C]`, segmentation, `image_scale`.
+    """
+    offset, crop = _window(geometry)
+    out = dict(example)
+    out["images"] = _cut_window(example["images"], offset, crop, fill)
+    if "segmentation" in example:
+        out["segmentation"] = _cut_window(example["segmentation"], offset, crop, IGNORE)
+    return transform_pixels(out, dict(geometry, offset=tf.zeros_like(offset)), output_size)
+
+
+def transform_canvas_objects(example: dict, geometry: dict, output_size, min_box_area: float = 0.0) -> dict:
+    """`transform_objects` for a geometry from `ssd_geometry`: only objects whose centre lies inside the window
+    are kept (SSD's rule for its crops), then they are moved, clipped and compacted as `transform_objects` does.
+
+    Args:
+        example: an example dict, unbatched or batched (boxes `[B, N, 4]`, geometry tensors with a leading
+            `[B]`); masks only unbatched.
+        geometry: the geometry the pixels were transformed with.
+        output_size: int or (height, width), the static output size.
+        min_box_area: boxes whose clipped area (output pixels) is below this are dropped.
+
+    Returns:
+        As `transform_objects`.
+    """
+    offset, crop = _window(geometry)
+    out = dict(example)
+    if "boxes" in example:
+        boxes = example["boxes"]
+        start = _per_object(tf.cast(offset, tf.float32))
+        end = _per_object(tf.cast(offset + crop, tf.float32))
+        centres = 0.5 * (boxes[..., :2] + boxes[..., 2:])
+        inside = tf.reduce_all((centres > start) & (centres < end), axis=-1)  # [..., N]
+        valid = _valid(example) & inside
+        out["boxes"] = tf.where(valid[..., tf.newaxis], boxes, 0.0)
+        if "classes" in example:
+            out["classes"] = tf.where(valid, example["classes"], -1)
+    if "masks" not in example:
+        return transform_objects(out, geometry, output_size, min_box_area)
+    if offset.shape.rank == 2:
+        raise ValueError(
+            "transform_canvas_objects: masks are transformed per example; call it on unbatched examples when "
+            "they have masks."
+        )
+    # Masks are cut to the window (0 outside the image), so the geometry's window then starts at 0 and the
+    # boxes are shifted to it as transform_objects would shift them.
+    out["masks"] = _cut_window(example["masks"], offset, crop, 0, leading=1)
+    if "boxes" in out:
+        shift = tf.cast(tf.concat([offset, offset], -1), tf.float32)
+        out["boxes"] = tf.where(_valid(out)[:, tf.newaxis], out["boxes"] - shift, out["boxes"])
+    return transform_objects(out, dict(geometry, offset=tf.zeros_like(offset)), output_size, min_box_area)
+
+
+def random_expand(example: dict, output_size, max_ratio: float = 4.0, probability: float = 0.5,
+                  fill=MEAN_PIXEL, seed=None) -> dict:
+    """SSD's expand on one example: the image on a canvas up to `max_ratio` times its size, filled with
+    `fill`, at a random spot; then resized to fit `output_size` (aspect kept) and padded bottom/right.
+
+    Args:
+        example: unbatched example dict; boxes `[N, 4]` yxyx pixels.
+        output_size: int or (height, width), the static output size.
+        max_ratio, probability: as in `expand_window`.
+        fill: canvas value, one number or one per channel (0..255).
+        seed: int, int `[2]` tensor, or None (not reproducible).
+
+    Returns:
+        The example at `output_size` (images float32 0..255), boxes in output pixels, `image_scale`.
+    """
+    geometry = ssd_geometry(example, output_size, expand={"max_ratio": max_ratio, "probability": probability},
+                            seed=seed)
+    out = transform_canvas_pixels(example, geometry, output_size, fill)
+    return transform_canvas_objects(out, geometry, output_size)
+
+
+def random_min_iou_crop(example: dict, output_size, min_ious=MIN_IOUS, max_trials: int = 50,
+                        min_scale: float = 0.3, aspect_range=(0.5, 2.0), seed=None) -> dict:
+    """SSD's min-IoU random crop on one example (see `min_iou_crop_window`): objects whose centres leave the
+    crop are dropped; the crop is resized to fit `output_size` (aspect kept) and padded bottom/right.
+
+    Args:
+        example: unbatched example dict; boxes `[N, 4]` yxyx pixels, classes `[N]` (-1 padding).
+        output_size: int or (height, width), the static output size.
+        min_ious, max_trials, min_scale, aspect_range: as in `min_iou_crop_window`.
+        seed: int, int `[2]` tensor, or None (not reproducible).
+
+    Returns:
+        The example at `output_size` (images float32 0..255), boxes in output pixels, `image_scale`.
+    """
+    crop = {"min_ious": min_ious, "max_trials": max_trials, "min_scale": min_scale, "aspect_range": aspect_range}
+    geometry = ssd_geometry(example, output_size, min_iou_crop=crop, seed=seed)
+    out = transform_canvas_pixels(example, geometry, output_size)
+    return transform_canvas_objects(out, geometry, output_size)

@@ -267,10 +267,15 @@ class DetectionServingModule(ServingModule):
         `detection_boxes` float32 `[B, K, 4]`, normalized `[ymin, xmin, ymax, xmax]` in [0, 1];
         `detection_scores` float32 `[B, K]`, highest first (padding 0);
         `detection_classes` int32 `[B, K]`, contiguous class ids 1..K (padding -1), names in `labels.txt`;
-        `num_detections` int32 `[B]`.
+        `num_detections` int32 `[B]`;
+        `detection_masks` float32 `[B, K, H, W]` (mask models only): each detection's mask probabilities pasted
+        at the input image's size (threshold at 0.5 for a binary mask).
     """
 
-    output_names = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+    def __init__(self, model: keras.Model, input_size, with_masks: bool = False):
+        super().__init__(model, input_size)
+        self.with_masks = with_masks
+        self.output_names = DETECTION_OUTPUTS + (("detection_masks",) if with_masks else ())
 
     def _run(self, padded, image_size, resized_size) -> dict:
         detections = self._model_ref.model.detect(padded)
@@ -281,12 +286,23 @@ class DetectionServingModule(ServingModule):
         scale = tf.concat([resized, resized], axis=0)
         boxes = tf.clip_by_value(outputs["boxes"] / scale, 0.0, 1.0)
         valid = outputs["classes"] >= 0
-        return {
-            "detection_boxes": tf.where(valid[..., tf.newaxis], boxes, 0.0),
+        boxes = tf.where(valid[..., tf.newaxis], boxes, 0.0)
+        result = {
+            "detection_boxes": boxes,
             "detection_scores": outputs["scores"],
             "detection_classes": tf.cast(outputs["classes"], tf.int32),
             "num_detections": tf.cast(outputs["num_detections"], tf.int32),
         }
+        if self.with_masks:
+            from tfvision.ops.masks import paste_masks
+
+            size = tf.cast(image_size, tf.float32)
+            image_boxes = boxes * tf.concat([size, size], axis=0)
+            result["detection_masks"] = paste_masks(outputs["masks"], image_boxes, image_size)
+        return result
+
+
+DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 
 
 def _single_shape(shape):
@@ -525,5 +541,6 @@ def export_detection(
             f"export_detection: input_size {size} differs from the size the detector was built for "
             f"{tuple(model.image_size)}; pass data.image_size of its config."
         )
-    module = DetectionServingModule(model, size)
+    with_masks = bool(getattr(model, "predicts_masks", False))
+    module = DetectionServingModule(model, size, with_masks=with_masks)
     return export_serving_module(module, export_root, experiment, label_map, version, verbose)

@@ -24,7 +24,11 @@ FAMILIES = {
     "overfeat": "tfvision.models.detection.overfeat",
     "ssd": "tfvision.models.detection.ssd",
     "yolo": "tfvision.models.detection.yolo",
+    "faster_rcnn": "tfvision.models.detection.faster_rcnn",
+    "mask_rcnn": "tfvision.models.detection.mask_rcnn",
 }
+# Families whose targets include instance masks (and whose detections carry `masks` over each box).
+MASK_FAMILIES = frozenset({"mask_rcnn"})
 TRAIN_KEYS = ("images", "boxes", "classes", "is_crowd")
 EVAL_KEYS = ("images", "boxes", "classes", "is_crowd", "difficult", "image_id", "original_size", "image_scale")
 
@@ -48,12 +52,13 @@ def datasets(config: ExperimentConfig):
     from tfvision.tasks.segmentation import augmentations
 
     data = config.data
-    train_split = sources.load_split(data, data.train_split, include_masks=False, shuffle_files=True)
+    masks = config.model.name in MASK_FAMILIES
+    train_split = sources.load_split(data, data.train_split, include_masks=masks, shuffle_files=True)
     val_split = sources.load_split(data, data.val_split, include_masks=False)
     check_label_map(config, train_split.label_map)
     train_examples = pipeline.build_input_pipeline(
         train_split.dataset, data.image_size, data.batch_size, training=True, augment=augmentations(data),
-        seed=config.train.seed, keys=TRAIN_KEYS,
+        seed=config.train.seed, keys=TRAIN_KEYS + (("masks",) if masks else ()),
     )
     val_examples = pipeline.build_input_pipeline(
         val_split.dataset, data.image_size, data.batch_size, training=False, keys=EVAL_KEYS
@@ -69,10 +74,13 @@ def datasets(config: ExperimentConfig):
 
 
 def detection_pairs(examples: tf.data.Dataset, encoder) -> tf.data.Dataset:
-    """Batched example dicts -> `(images, targets)`; crowd regions are left out of the targets (as padding)."""
+    """Batched example dicts -> `(images, targets)`; crowd regions are left out of the targets (as padding).
+    Examples with `masks` (training a mask family) pass them to the encoder too."""
 
     def pair(example):
         classes = tf.where(example["is_crowd"], -1, example["classes"])
+        if "masks" in example:
+            return example["images"], encoder(example["boxes"], classes, example["masks"])
         return example["images"], encoder(example["boxes"], classes)
 
     return examples.map(pair, num_parallel_calls=tf.data.AUTOTUNE)
@@ -94,6 +102,8 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         logs["val_AP"] = metrics["coco"]["AP"]
         logs["val_AP50"] = metrics["coco"]["AP50"]
         logs["val_mAP_voc"] = metrics["voc"]["mAP"]
+        if "coco_segm" in metrics:
+            logs["val_mask_AP50"] = metrics["coco_segm"]["AP50"]
         print(f"\nepoch {epoch + 1}: val AP {logs['val_AP']:.3f}, AP50 {logs['val_AP50']:.3f}, "
               f"VOC mAP {logs['val_mAP_voc']:.3f}")
 
@@ -124,27 +134,45 @@ def score(model, val_examples, val_split, num_classes: int) -> dict:
     """Runs `model.detect` over the val examples and scores the detections on the original images.
 
     Returns:
-        {"coco": {"AP", "AP50", ...}, "voc": {"mAP", "per_class"}}; VOC AP is the 11-point mean over classes with
-        ground truth, difficult objects ignored.
+        {"coco": {"AP", "AP50", ...} (boxes), "coco_segm": {...} (masks; mask models on sources with a COCO
+        annotation file), "voc": {"mAP", "per_class"}}; VOC AP is the 11-point mean over classes with ground
+        truth, difficult objects ignored.
     """
     from tfvision.evaluation import coco, voc
 
     predictions, ground_truth = [], []
     for batch in val_examples:
         detections = model.predict_on_batch(batch["images"])
-        predictions += coco.predictions_from_batch(detections, batch)
+        batch_predictions = coco.predictions_from_batch(detections, batch)
+        if "masks" in detections:
+            _paste_masks(batch_predictions, detections["masks"], batch["original_size"])
+        predictions += batch_predictions
         ground_truth += _ground_truth(batch)
     annotation_file = val_split.annotation_file or coco_ground_truth(ground_truth, val_split.label_map)
-    coco_metrics = coco.evaluate(annotation_file, predictions, iou_types=("bbox",))["bbox"]
+    # Mask AP needs ground-truth masks, which only a COCO annotation file carries.
+    with_masks = bool(predictions) and "masks" in predictions[0] and val_split.annotation_file is not None
+    coco_metrics = coco.evaluate(annotation_file, predictions, iou_types=("bbox", "segm") if with_masks else ("bbox",))
     voc_metrics = voc.evaluate_detections(ground_truth, predictions, num_classes)
     names = val_split.label_map.names
     return {
-        "coco": coco_metrics,
+        "coco": coco_metrics["bbox"],
+        **({"coco_segm": coco_metrics["segm"]} if with_masks else {}),
         "voc": {
             "mAP": float(voc_metrics["mAP"]),
             "per_class": {names[k - 1]: float(ap) for k, ap in voc_metrics["per_class"].items()},
         },
     }
+
+
+def _paste_masks(predictions: list[dict], masks, original_sizes) -> None:
+    """Adds each prediction's binary masks at its original image size (the boxes are already there)."""
+    from tfvision.ops.masks import paste_masks
+
+    for b, prediction in enumerate(predictions):
+        n = len(prediction["boxes"])
+        height, width = (int(v) for v in np.asarray(original_sizes[b]))
+        pasted = paste_masks(np.asarray(masks[b][:n])[None], prediction["boxes"][None], (height, width))[0]
+        prediction["masks"] = (pasted.numpy() > 0.5).astype(np.uint8)
 
 
 def _ground_truth(batch) -> list[dict]:

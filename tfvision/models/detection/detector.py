@@ -31,12 +31,15 @@ class Detector(keras.Model):
     """
 
     loss_names: tuple[str, ...] = ()
+    # True for families whose `detect` also returns `masks` [B, K, M, M] over each box (Mask R-CNN).
+    predicts_masks: bool = False
 
     def __init__(self, network: keras.Model, decoder: DetectionDecoder, image_size, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.decoder = decoder
         self.image_size = tuple(int(s) for s in image_size)
+        self.built = True  # the network arrives built (checkpoint callbacks and count_params need this)
         # Metric attributes are tracked by Keras, so these appear in `model.metrics` and the training logs.
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
 
