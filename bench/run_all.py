@@ -12,7 +12,7 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHES = ("data_pipeline.py", "segmentation.py")
+BENCHES = ("data_pipeline.py", "segmentation.py", "detection.py")
 
 HEADER = """# tfvision benchmarks
 
