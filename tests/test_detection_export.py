@@ -48,7 +48,7 @@ np.savez(f"{work}/outputs.npz", **out)
 
 def tiny_config(family: str) -> ExperimentConfig:
     model = {"name": family, "num_classes": 3, "backbone": {"name": "tiny", "width": 8},
-             "detection": {"max_detections": 20, "score_threshold": 0.05}}
+             "detection": {"max_detections": 20, "score_threshold": 0.0005}}
     model.update(FAMILIES[family])
     return from_dict(ExperimentConfig, {"data": {"image_size": SIZE}, "model": model})
 

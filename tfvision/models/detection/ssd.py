@@ -142,8 +142,6 @@ class SSD(Detector):
         self.box_weights = tuple(float(w) for w in box_weights)
         # Computed once; a constant of every graph that decodes.
         self._default_boxes = self.box_spec.default_boxes().numpy()
-        # The network is built when assembled; a built model is what BackupAndRestore (the trainer) asks for.
-        self.built = True
 
     def anchors(self):
         """The default boxes, float32 `[A, 4]` yxyx pixels, in the heads' row order."""
