@@ -20,8 +20,6 @@ from tfvision.models import build_model
 SIZE = 64
 FAMILIES = {
     "ssd": {},
-    "yolo_v1": {"name": "yolo", "yolo": {"version": "v1", "fc_units": 64}},
-    "yolo_v3": {"name": "yolo", "yolo": {"version": "v3"}},
     "overfeat": {"overfeat": {"scales": [1.0, 0.75]}},
 }
 
