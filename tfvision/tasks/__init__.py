@@ -12,7 +12,6 @@ TASKS = {
     "segnet": segmentation,
     "overfeat": detection,
     "ssd": detection,
-    "yolo": detection,
 }
 
 
