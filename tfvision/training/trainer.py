@@ -141,7 +141,7 @@ class Trainer:
                 "train.steps_per_epoch is 0 (one full pass per epoch) but the training dataset repeats forever; "
                 "set train.steps_per_epoch, or do not repeat the dataset."
             )
-        self._compile(self._steps_for_schedule(train_ds))
+        self._compile(self.steps_for_schedule(train_ds))
         self._build_for_multi_worker(train_ds)
         if is_chief(self.strategy):
             os.makedirs(self.model_dir, exist_ok=True)
@@ -202,7 +202,8 @@ class Trainer:
             self.model._symbolic_build(data_batch=batch)
         self.model._distribute_strategy = None
 
-    def _steps_for_schedule(self, train_ds) -> int:
+    def steps_for_schedule(self, train_ds) -> int:
+        """Steps per epoch the learning-rate schedule counts with: `train.steps_per_epoch`, else the data's length."""
         train = self.config.train
         if train.steps_per_epoch > 0:
             return train.steps_per_epoch
