@@ -1,6 +1,6 @@
 """Exported detectors follow the serving contract: a fresh process with only `import tensorflow` loads them and
-gets the Keras model's detections (normalized yxyx boxes, scores, classes, num_detections) for batches of 1 and
-3, through `serving_default` and `serving_bytes`."""
+gets the Keras model's detections (normalized yxyx boxes, scores, classes, num_detections, and Mask R-CNN's
+masks pasted at the input size) for batches of 1 and 3, through `serving_default` and `serving_bytes`."""
 
 import json
 import os
@@ -16,11 +16,17 @@ from tfvision.config import ExperimentConfig, from_dict
 from tfvision.data.label_map import LabelMap
 from tfvision.export.saved_model import export_detection, resize_and_pad_images
 from tfvision.models import build_model
+from tfvision.ops.masks import paste_masks
 
 SIZE = 64
+_TWO_STAGE = {"fpn": True, "min_level": 2, "max_level": 4, "fpn_filters": 8, "anchor_sizes": [8, 16, 32],
+              "rpn_filters": 8, "pre_nms_top_n_test": 200, "post_nms_top_n_test": 40, "head_units": 16,
+              "canonical_size": 32}
 FAMILIES = {
     "ssd": {},
     "overfeat": {"overfeat": {"scales": [1.0, 0.75]}},
+    "faster_rcnn": {"faster_rcnn": _TWO_STAGE},
+    "mask_rcnn": {"faster_rcnn": _TWO_STAGE, "mask_rcnn": {"roi_size": 7, "convs": 1, "filters": 8}},
 }
 
 _CLIENT = r"""
@@ -67,6 +73,10 @@ def _expected(model, images):
     detections = {k: v.numpy() for k, v in model.detect(padded).items()}
     scale = np.tile(resized.numpy().astype(np.float32), 2)
     detections["boxes"] = np.clip(detections["boxes"] / scale, 0, 1) * (detections["classes"][..., None] >= 0)
+    if "masks" in detections:
+        height, width = images.shape[1:3]
+        image_boxes = detections["boxes"] * np.array([height, width] * 2, np.float32)
+        detections["masks"] = paste_masks(detections["masks"], image_boxes, (height, width)).numpy()
     return detections
 
 
@@ -107,6 +117,13 @@ def test_export_in_a_fresh_process_matches_the_keras_model(family, tmp_path):
         np.testing.assert_allclose(got["detection_scores"], want["scores"], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(got["detection_boxes"], want["boxes"], atol=1e-4)
         assert got["detection_boxes"].min() >= 0 and got["detection_boxes"].max() <= 1
+        if model.predicts_masks:
+            masks = served[f"{request}/detection_masks"]
+            assert masks.shape == (batch, k) + images.shape[1:3]
+            assert masks.max() > 0, f"{family}: all-zero masks in {request}"
+            np.testing.assert_allclose(masks, want["masks"], atol=1e-4)
+        else:
+            assert f"{request}/detection_masks" not in served
 
 
 def test_export_refuses_what_is_not_a_detector(tmp_path):

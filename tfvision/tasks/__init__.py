@@ -4,7 +4,7 @@
 `train(config)`, `evaluate(config, checkpoint=None)` and `export(config, checkpoint=None, version=None)`.
 """
 
-from tfvision.tasks import detection, segmentation
+from tfvision.tasks import detection, region_detection, segmentation
 
 TASKS = {
     "unet": segmentation,
@@ -12,6 +12,10 @@ TASKS = {
     "segnet": segmentation,
     "overfeat": detection,
     "ssd": detection,
+    "faster_rcnn": detection,
+    "mask_rcnn": detection,
+    "rcnn": region_detection,
+    "fast_rcnn": region_detection,
 }
 
 

@@ -1,4 +1,6 @@
-"""Object detection as a task: the data, training, evaluation and export of every single-stage detector.
+"""Object detection as a task: the data, training, evaluation and export of the detectors trained on labels alone
+(single-stage detectors, Faster and Mask R-CNN; R-CNN and Fast R-CNN, which need proposals, are in
+`region_detection`).
 
 The trainer knows no model and the models know no data; this module joins them. Training examples become
 `(images, targets)` pairs, the targets made in `tf.data` by the family's `make_target_encoder` (anchor
@@ -117,10 +119,46 @@ def train(config: ExperimentConfig) -> dict:
     trainer = Trainer(config, lambda: build_model(config))
     os.makedirs(config.train.model_dir, exist_ok=True)
     train_split.label_map.save(os.path.join(config.train.model_dir, "label_map.json"))
-    evaluation = PeriodicEvaluation(config, val_examples, val_split, config.train.eval_every_epochs,
-                                    config.train.epochs)
-    trainer.fit(train_pairs, val_pairs, callbacks=[evaluation])
+    if trains_alternating(config):
+        fit_alternating(trainer, train_pairs)
+    else:
+        evaluation = PeriodicEvaluation(config, val_examples, val_split, config.train.eval_every_epochs,
+                                        config.train.epochs)
+        trainer.fit(train_pairs, val_pairs, callbacks=[evaluation])
     return score(trainer.model, val_examples, val_split, config.model.num_classes)
+
+
+def trains_alternating(config: ExperimentConfig) -> bool:
+    """Whether the config asks for Faster R-CNN's 4-step alternating training instead of joint training."""
+    return config.model.name in ("faster_rcnn", "mask_rcnn") and config.model.faster_rcnn.training == "alternating"
+
+
+def fit_alternating(trainer, train_pairs) -> list:
+    """Runs the 4-step alternating scheme (`model.faster_rcnn.alternating_epochs` epochs per step) under the
+    trainer's strategy, then saves the model as the `best.keras` and `last.keras` checkpoints.
+
+    `train.epochs` does not apply, and a cut-short run starts over (the stages change what is trainable, which
+    a backup of one stage cannot resume).
+    """
+    from tfvision.models.detection.faster_rcnn import train_alternating
+    from tfvision.config import save_config
+    from tfvision.training.trainer import build_optimizer
+
+    config = trainer.config
+    steps = config.train.steps_per_epoch or None
+    schedule_steps = trainer.steps_for_schedule(train_pairs)
+    checkpoints = os.path.join(trainer.model_dir, "checkpoints")
+    os.makedirs(checkpoints, exist_ok=True)
+    save_config(config, os.path.join(trainer.model_dir, "config.yaml"))
+    with trainer.strategy.scope():
+        histories = train_alternating(
+            trainer.model, train_pairs, tuple(config.model.faster_rcnn.alternating_epochs),
+            optimizer=lambda: build_optimizer(config.train, schedule_steps), steps_per_epoch=steps,
+            callbacks=[keras.callbacks.TerminateOnNaN()],
+        )
+    for name in ("best.keras", "last.keras"):
+        trainer.model.save(os.path.join(checkpoints, name))
+    return histories
 
 
 def evaluate(config: ExperimentConfig, checkpoint: str | None = None) -> dict:
