@@ -447,3 +447,17 @@ def test_grpc_inputs_are_tensor_protos():
     proto = tf.make_tensor_proto(np.eye(2, dtype=np.int32))
     outputs = serving.parse_grpc_outputs({"segmentation_mask": proto})
     np.testing.assert_array_equal(outputs["segmentation_mask"], np.eye(2))
+
+
+def test_requests_carry_region_proposals_for_exports_that_take_them():
+    images = np.zeros((2, 4, 5, 3), np.uint8)
+    proposals = np.array([[[0, 0, 0.5, 0.5]], [[0.25, 0.25, 1, 1]]], np.float32)
+    rows = serving.predict_request(images, proposals=proposals)["instances"]
+    assert rows == [{"images": images[i].tolist(), "proposals": proposals[i].tolist()} for i in range(2)]
+    columns = serving.predict_request(images, columnar=True, proposals=proposals)["inputs"]
+    assert columns["proposals"] == proposals.tolist() and columns["images"] == images.tolist()
+    _, inputs = serving.grpc_predict_inputs(images, proposals=proposals)
+    np.testing.assert_array_equal(tf.make_ndarray(inputs["proposals"]), proposals)
+    for bad in (proposals[0], proposals[:1], np.zeros((2, 0, 4)), np.zeros((2, 3, 5))):
+        with pytest.raises(ValueError, match=r"proposals must be float32 \[batch=2"):
+            serving.predict_request(images, proposals=bad)

@@ -1,6 +1,7 @@
 """Fast R-CNN: one backbone pass per image, ROI pooling of the proposals, end-to-end gradients, round trip, the
-region-detection task (train, evaluate, export refusal) and brief training on shapes."""
+region-detection task (train, evaluate, export) and brief training on shapes."""
 
+import json
 import os
 import warnings
 
@@ -203,10 +204,33 @@ def test_flip_moves_boxes_and_proposals_with_the_image():
     np.testing.assert_array_equal(out[2][k], proposals[k])
 
 
-def test_export_is_refused_with_the_reason(tmp_path):
-    config = task_config("unused", tmp_path)
-    with pytest.raises(ValueError, match="selective search"):
-        region_detection.export(config)
+def test_export_writes_the_serving_contract_with_a_proposals_input(tmp_path):
+    from tfvision.data.label_map import LabelMap
+
+    config = task_config("unused", tmp_path / "run")
+    config.model.fast_rcnn.num_proposals = 5
+    config.export.root = str(tmp_path / "saved")
+    model = tfvision.models.build_model(config)
+    os.makedirs(os.path.join(config.train.model_dir, "checkpoints"))
+    model.save(os.path.join(config.train.model_dir, "checkpoints", "best.keras"))
+    LabelMap(names=("a", "b", "c", "d")).save(os.path.join(config.train.model_dir, "label_map.json"))
+    path = region_detection.export(config)
+    assert path == os.path.join(config.export.root, "fast_rcnn_test", "1")
+    with open(os.path.join(path, "assets", "proposals.json"), encoding="utf-8") as f:
+        assert json.load(f) == {"method": "selective_search", "mode": "fast", "num_proposals": 5, "min_side": 128,
+                                "input_size": [64, 64]}
+    signatures = tf.saved_model.load(path).signatures
+    assert sorted(signatures["serving_default"].structured_input_signature[1]) == ["images", "proposals"]
+    assert sorted(signatures["serving_bytes"].structured_input_signature[1]) == ["image_bytes", "proposals"]
+    # At the input size nothing is resized: normalized proposals * 64 are the model's pixel proposals.
+    inputs = random_inputs(batch=2, proposals=4)
+    served = signatures["serving_default"](images=tf.constant(inputs["images"].astype(np.uint8)),
+                                           proposals=tf.constant(inputs["proposals"] / 64.0))
+    want = model.detect({"images": inputs["images"].astype(np.uint8).astype(np.float32),
+                         "proposals": inputs["proposals"]})
+    np.testing.assert_array_equal(served["num_detections"], want["num_detections"])
+    np.testing.assert_allclose(served["detection_scores"], want["scores"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(served["detection_boxes"], np.clip(want["boxes"] / 64.0, 0, 1), atol=1e-4)
 
 
 def test_brief_training_on_shapes_clears_an_ap50_bar_and_evaluate_agrees(shapes_64, tmp_path, monkeypatch):

@@ -1,8 +1,11 @@
 """Export for serving: SavedModels with the TF Serving contract, and client-side request helpers."""
 
 from tfvision.export.saved_model import (
+    DetectionServingModule,
+    RegionDetectionServingModule,
     SegmentationServingModule,
     ServingModule,
+    export_detection,
     export_segmentation,
     export_serving_module,
 )
@@ -17,8 +20,11 @@ from tfvision.export.serving import (
 )
 
 __all__ = [
+    "DetectionServingModule",
+    "RegionDetectionServingModule",
     "SegmentationServingModule",
     "ServingModule",
+    "export_detection",
     "export_segmentation",
     "export_serving_module",
     "grpc_predict_inputs",

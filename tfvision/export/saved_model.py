@@ -1,4 +1,4 @@
-"""SavedModel export: the TF Serving contract (signatures, label asset, versioned folders written atomically).
+"""SavedModel export: the TF Serving contract (signatures, assets, versioned folders written atomically).
 
 An export is `<export_root>/<experiment>/<version>/`, a SavedModel with two signatures that a fresh
 `import tensorflow` process (no tfvision, no Keras, no custom objects) or TF Serving can call:
@@ -12,20 +12,29 @@ Both signatures resize and pad in the graph exactly as training did
 model's input size, zero padding at the bottom/right), and map the model's outputs back to each input
 image. Every output is batch-major.
 
+Detectors on external region proposals (R-CNN, Fast R-CNN: models with `takes_proposals`) take the proposals
+as a second input of both signatures, computed by the client, since selective search (OpenCV) cannot run in a
+graph: `proposals` float32 `[batch, P, 4]` (P >= 1, any), `[ymin, xmin, ymax, xmax]` normalized to each
+input image (the convention of `detection_boxes`; values past 1 reach into the padding). Their exports
+carry `assets/proposals.json`, the selective-search settings training used, so that a client computes the
+same proposals (`tfvision.predict.export_proposals`; see `RegionDetectionServingModule`).
+
 How it is built, and why: a `tf.Module` holds the serving `tf.function`s, the `tf.Variable`s they read and
-the label asset, and is written with `tf.saved_model.save(..., signatures=...)`. The Keras model itself is
+the assets, and is written with `tf.saved_model.save(..., signatures=...)`. The Keras model itself is
 kept out of the SavedModel's object graph, as `keras.export.ExportArchive` does: a plain TensorFlow loader
 cannot revive Keras objects anyway, and leaving them out keeps the export small and spares the saver from
 walking every layer's functions. ExportArchive was not used because it offers no public way to attach an
 asset, and its endpoints are traced with autograph off.
 
 Task-specific parts are subclasses of `ServingModule` that supply `postprocess` and `output_names`
-(`SegmentationServingModule`, `DetectionServingModule`); `export_serving_module` does the
-version numbering, the atomic write and the reload check for any of them.
+(`SegmentationServingModule`, `DetectionServingModule`, `RegionDetectionServingModule`), and optionally
+`extra_assets` and `verification_inputs`; `export_serving_module` does the version numbering, the atomic
+write and the reload check for any of them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -39,6 +48,7 @@ from tfvision.export.serving import LABELS_ASSET
 
 TMP_PREFIX = ".tmp-"
 SIGNATURES = ("serving_default", "serving_bytes")
+PROPOSALS_ASSET = "proposals.json"  # selective-search settings of exports that take proposals
 
 
 # --- Image geometry shared by every task ---
@@ -106,7 +116,9 @@ class ServingModule(tf.Module):
     """The task-independent half of an export: input signatures, decoding, resize/pad, label asset.
 
     A subclass supplies `output_names` and `postprocess(outputs, image_size, resized_size)`, which turns the
-    model's raw outputs for the padded batch into the signature's outputs for the original images.
+    model's raw outputs for the padded batch into the signature's outputs for the original images; it may
+    add assets (`extra_assets`) and must then make `verification_inputs` fit its signatures. Subclasses with
+    other signature inputs reuse `_images_input` / `_bytes_input`, which check and decode the images.
 
     Args:
         model: Keras model taking float32 `[B, S_h, S_w, 3]` images, pixel values 0..255.
@@ -120,6 +132,7 @@ class ServingModule(tf.Module):
         self.input_size = _input_size(input_size)
         self._model_ref = _ModelRef(model)
         self.label_file = None  # set to a tf.saved_model.Asset by export_serving_module
+        self.extra_asset_files = {}  # file name -> tf.saved_model.Asset, set by export_serving_module
         self.graph_variables = []  # set by trace()
 
     def postprocess(self, outputs, image_size, resized_size) -> dict:
@@ -136,24 +149,41 @@ class ServingModule(tf.Module):
         """
         raise NotImplementedError
 
+    def extra_assets(self) -> dict[str, str]:
+        """Asset files besides `labels.txt` that clients need: file name in `assets/` -> text. None here."""
+        return {}
+
+    def verification_inputs(self) -> dict:
+        """The tiny request `_verify_export` sends: signature name -> {input name: tensor}, batch-major."""
+        return _check_inputs()
+
     def _run(self, padded, image_size, resized_size) -> dict:
         outputs = self._model_ref.model(padded, training=False)
         return self.postprocess(outputs, image_size, resized_size)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-    def serving_default(self, images):
-        """uint8 `[B, H, W, 3]` images, one size per batch -> the task's outputs for each image."""
-        # TF Serving does not check a request against the signature's shape, so the graph does.
+    def _images_input(self, images, where: str):
+        """Checks a `serving_default` image batch and resizes and pads it to the model's input.
+
+        TF Serving does not check a request against the signature's shape, so the graph does.
+
+        Args:
+            images: uint8 `[B, H, W, 3]`, one size per batch (as sent: the rank is checked here).
+            where: the signature's name, for error messages.
+
+        Returns:
+            (padded float32 `[B, S_h, S_w, 3]` in 0..255, image_size int32 `[2]` the request's (H, W),
+            resized_size int32 `[2]` the part of the input the images cover).
+        """
         shape = tf.shape(images)
         checks = [
             tf.debugging.assert_equal(
                 shape[-1],
                 3,
-                message="serving_default: `images` must be uint8 [batch, height, width, 3] (RGB); channels",
+                message=f"{where}: `images` must be uint8 [batch, height, width, 3] (RGB); channels",
             ),
             tf.debugging.assert_positive(
                 shape[:3],
-                message="serving_default: `images` needs at least one image, of height and width >= 1",
+                message=f"{where}: `images` needs at least one image, of height and width >= 1",
             ),
         ]
         with tf.control_dependencies(checks):
@@ -163,20 +193,26 @@ class ServingModule(tf.Module):
             )
         images = tf.cast(images, tf.float32)
         padded, resized = resize_and_pad_images(images, self.input_size)
-        return self._run(padded, tf.shape(images)[1:3], resized)
+        return padded, tf.shape(images)[1:3], resized
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    def serving_bytes(self, image_bytes):
-        """string `[B]` JPEG/PNG bytes, all of one size -> the task's outputs for each image.
+    def _bytes_input(self, image_bytes, where: str):
+        """Checks and decodes a `serving_bytes` batch of encoded images, resized and padded to the input.
 
-        Each image is decoded and resized inside the map, so the model runs once on the whole batch. The
-        outputs are dense arrays at the input size, so every image of one request must have the same
-        height and width; a request that mixes sizes fails with a message that says so (send such images
-        in separate requests).
+        Each image is decoded and resized inside a map, so the model then runs once on the whole batch. The
+        outputs are dense arrays at the input size, so every image of one request must have the same height
+        and width; a request that mixes sizes fails with a message that says so.
+
+        Args:
+            image_bytes: string `[B]`, JPEG or PNG.
+            where: the signature's name, for error messages.
+
+        Returns:
+            (padded float32 `[B, S_h, S_w, 3]`, image_size int32 `[2]`, resized_size int32 `[2]`), as
+            `_images_input`.
         """
         height, width = self.input_size
         nonempty = tf.debugging.assert_positive(
-            tf.size(image_bytes), message="serving_bytes: `image_bytes` needs at least one image"
+            tf.size(image_bytes), message=f"{where}: `image_bytes` needs at least one image"
         )
         with tf.control_dependencies([nonempty]):
             image_bytes = tf.ensure_shape(image_bytes, [None], name="image_bytes_must_be_batch")
@@ -199,7 +235,7 @@ class ServingModule(tf.Module):
             sizes,
             tf.broadcast_to(sizes[:1], tf.shape(sizes)),
             message=(
-                "serving_bytes: all images in one request must have the same height and width (outputs are "
+                f"{where}: all images in one request must have the same height and width (outputs are "
                 "dense [batch, height, width] arrays at the input size); send images of different sizes in "
                 "separate requests. Sizes (height, width) per image"
             ),
@@ -207,7 +243,18 @@ class ServingModule(tf.Module):
         )
         with tf.control_dependencies([same]):
             image_size = tf.reduce_max(sizes, axis=0)
-        return self._run(padded, image_size, fit_size(image_size, self.input_size))
+        return padded, image_size, fit_size(image_size, self.input_size)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    def serving_default(self, images):
+        """uint8 `[B, H, W, 3]` images, one size per batch -> the task's outputs for each image."""
+        return self._run(*self._images_input(images, "serving_default"))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serving_bytes(self, image_bytes):
+        """string `[B]` JPEG/PNG bytes, all of one size -> the task's outputs for each image (send images of
+        different sizes in separate requests)."""
+        return self._run(*self._bytes_input(image_bytes, "serving_bytes"))
 
     def trace(self) -> dict:
         """Traces the signatures and tracks the variables they read; returns name -> concrete function.
@@ -305,6 +352,116 @@ class DetectionServingModule(ServingModule):
 DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 
 
+class RegionDetectionServingModule(DetectionServingModule):
+    """Detections of a model on external region proposals (R-CNN, Fast R-CNN): the proposals are an input.
+
+    Selective search is OpenCV code a graph cannot hold, so the client computes the proposals, as R-CNN
+    deployments do, and both signatures take them beside the images:
+
+    - `serving_default`: `images` uint8 `[B, H, W, 3]` and `proposals` float32 `[B, P, 4]`;
+    - `serving_bytes`: `image_bytes` string `[B]` and `proposals` float32 `[B, P, 4]`.
+
+    `proposals` are `[ymin, xmin, ymax, xmax]` normalized to each input image, as `detection_boxes` are
+    (multiply by (H, W, H, W) for image pixels); P >= 1 and may differ between requests. In the graph they
+    become pixels of the network input (times the resized size: the image is resized with its aspect ratio
+    kept, then padded at the bottom/right), the model's `detect` runs on `{"images", "proposals"}`, and the
+    outputs are `DetectionServingModule`'s. Proposals reaching into the padding (past 1) are allowed; the
+    model clips them to its input.
+
+    To get the detections training and evaluation measured, send the proposals selective search finds on the
+    resized and padded S x S network input with the settings of `assets/proposals.json` (`extra_assets`),
+    divided by the resized size: `tfvision.predict.export_proposals` does that.
+    """
+
+    def __init__(self, model: keras.Model, input_size):
+        super().__init__(model, input_size, with_masks=False)
+
+    def extra_assets(self) -> dict[str, str]:
+        """`proposals.json`: what a client needs to compute proposals as training did."""
+        model = self._model_ref.model
+        settings = {
+            "method": "selective_search",
+            "mode": str(model.proposal_mode),
+            "num_proposals": int(model.num_proposals),
+            "min_side": int(model.proposal_min_side),
+            "input_size": list(self.input_size),
+        }
+        return {PROPOSALS_ASSET: json.dumps(settings, indent=2) + "\n"}
+
+    def verification_inputs(self) -> dict:
+        """The base request plus 3 proposals per image: the whole image, a box inside, one into the padding."""
+        boxes = tf.constant([[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.6, 0.9], [0.5, 0.4, 1.3, 1.0]], tf.float32)
+        inputs = super().verification_inputs()
+        for request in inputs.values():
+            batch = int(next(iter(request.values())).shape[0])
+            request["proposals"] = tf.tile(boxes[tf.newaxis], [batch, 1, 1])
+        return inputs
+
+    def _proposal_pixels(self, proposals, batch, resized_size, where: str):
+        """Checks `proposals` (TF Serving does not) and turns them into pixels of the network input.
+
+        Args:
+            proposals: float32 `[B, P, 4]` normalized yxyx, as sent (rank and shape checked here).
+            batch: int32 [], the number of images in the request.
+            resized_size: int32 `[2]`, the part of the input the images cover.
+            where: the signature's name, for error messages.
+
+        Returns:
+            float32 `[B, P, 4]` yxyx pixels of the `S_h x S_w` network input.
+        """
+        usage = (
+            f"{where}: `proposals` must be float32 [batch, num_proposals, 4], one row of boxes per image, "
+            "[ymin, xmin, ymax, xmax] normalized to the image (as detection_boxes); compute them with the "
+            "settings in assets/proposals.json (tfvision.predict.export_proposals)"
+        )
+        # EnsureShape checks the rank at run time (its node name is in the error); the rank is known
+        # statically, so tf.rank would fold to a constant.
+        proposals = tf.ensure_shape(
+            proposals, [None, None, None], name="proposals_must_be_rank_3_batch_num_proposals_4"
+        )
+        shape = tf.shape(proposals)
+        checks = [
+            tf.debugging.assert_equal(shape[2], 4, message=f"{usage}. Last dimension"),
+            tf.debugging.assert_equal(
+                shape[0],
+                batch,
+                message=f"{usage}. Send as many rows of proposals as images; proposals batch vs images batch",
+            ),
+            tf.debugging.assert_positive(shape[1], message=f"{usage}. Send at least one proposal per image"),
+        ]
+        with tf.control_dependencies(checks):
+            proposals = tf.ensure_shape(proposals, [None, None, 4], name="proposals_must_be_batch_num_proposals_4")
+        resized = tf.cast(resized_size, tf.float32)
+        return proposals * tf.concat([resized, resized], axis=0)
+
+    def _detect(self, padded, image_size, resized_size, proposals, batch, where: str) -> dict:
+        pixels = self._proposal_pixels(proposals, batch, resized_size, where)
+        detections = self._model_ref.model.detect({"images": padded, "proposals": pixels})
+        return self.postprocess(detections, image_size, resized_size)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
+            tf.TensorSpec([None, None, 4], tf.float32, name="proposals"),
+        ]
+    )
+    def serving_default(self, images, proposals):
+        """uint8 `[B, H, W, 3]` images and their normalized proposals `[B, P, 4]` -> detections per image."""
+        padded, image_size, resized = self._images_input(images, "serving_default")
+        return self._detect(padded, image_size, resized, proposals, tf.shape(images)[0], "serving_default")
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="image_bytes"),
+            tf.TensorSpec([None, None, 4], tf.float32, name="proposals"),
+        ]
+    )
+    def serving_bytes(self, image_bytes, proposals):
+        """string `[B]` JPEG/PNG bytes, all of one size, and normalized proposals `[B, P, 4]` -> detections."""
+        padded, image_size, resized = self._bytes_input(image_bytes, "serving_bytes")
+        return self._detect(padded, image_size, resized, proposals, tf.shape(image_bytes)[0], "serving_bytes")
+
+
 def _single_shape(shape):
     """A Keras `input_shape` / `output_shape` as one tuple, or None when the model has several tensors."""
     if isinstance(shape, tuple) and all(d is None or isinstance(d, int) for d in shape):
@@ -368,13 +525,14 @@ def _verify_export(path: str, module: ServingModule) -> None:
             graph disagrees with the in-memory one.
     """
     loaded = tf.saved_model.load(path)
-    if not os.path.isfile(os.path.join(path, "assets", LABELS_ASSET)):
-        raise RuntimeError(f"export check: {path}/assets/{LABELS_ASSET} was not written.")
-    for name, inputs in _check_inputs().items():
+    for asset in (LABELS_ASSET, *module.extra_assets()):
+        if not os.path.isfile(os.path.join(path, "assets", asset)):
+            raise RuntimeError(f"export check: {path}/assets/{asset} was not written.")
+    for name, inputs in module.verification_inputs().items():
         if name not in loaded.signatures:
             raise RuntimeError(f"export check: signature {name!r} is missing from {path}.")
         got = loaded.signatures[name](**inputs)
-        want = getattr(module, name)(*inputs.values())
+        want = getattr(module, name)(**inputs)
         batch = int(next(iter(inputs.values())).shape[0])
         for key in module.output_names:
             if key not in got:
@@ -405,7 +563,8 @@ def export_serving_module(
         module: a `ServingModule` wrapping the model.
         export_root: root folder, e.g. `saved_models`.
         experiment: the experiment name, one folder under `export_root`.
-        label_map: `tfvision.data.label_map.LabelMap`, written as `assets/labels.txt`.
+        label_map: `tfvision.data.label_map.LabelMap`, written as `assets/labels.txt`; the module's
+            `extra_assets()` are written beside it.
         version: positive int, or None for 1 + the highest existing numeric version.
         verbose: show a progress bar.
 
@@ -431,13 +590,25 @@ def export_serving_module(
         ) from None
 
     progress = keras.utils.Progbar(3, verbose=1 if verbose else 0, unit_name="step")
-    scratch = tempfile.mkdtemp(prefix="tfvision-labels-")
+    scratch = tempfile.mkdtemp(prefix="tfvision-assets-")
     try:
-        label_path = os.path.join(scratch, LABELS_ASSET)
-        with open(label_path, "w", encoding="utf-8") as f:
-            f.write(label_map.to_text())
-        # Tracked on the module, so save() copies it to assets/ and records it.
-        module.label_file = tf.saved_model.Asset(label_path)
+        texts = {LABELS_ASSET: label_map.to_text()}
+        for name, text in module.extra_assets().items():
+            if name in texts or os.path.basename(name) != name:
+                raise ValueError(
+                    f"{type(module).__name__}.extra_assets: {name!r} is not a free file name in assets/ "
+                    f"({LABELS_ASSET} is the label map's)."
+                )
+            texts[name] = text
+        assets = {}
+        for name, text in texts.items():
+            asset_path = os.path.join(scratch, name)
+            with open(asset_path, "w", encoding="utf-8") as f:
+                f.write(text)
+            assets[name] = tf.saved_model.Asset(asset_path)
+        # Tracked on the module, so save() copies them to assets/ and records them.
+        module.label_file = assets.pop(LABELS_ASSET)
+        module.extra_asset_files = assets
         tf.saved_model.save(module, tmp, signatures=module.trace())
         progress.update(1)
         _verify_export(tmp, module)
@@ -517,9 +688,12 @@ def export_detection(
 ) -> str:
     """Exports a detector for TF Serving (see `DetectionServingModule` for the outputs).
 
+    A model with `takes_proposals` (R-CNN, Fast R-CNN) is exported with `RegionDetectionServingModule`: its
+    signatures also take `proposals`, and `assets/proposals.json` says how to compute them.
+
     Args:
         model: a `tfvision.models.detection.detector.Detector` (anything with `detect(images)` and
-            `image_size`), trained at `input_size`.
+            `image_size`; `detect({"images", "proposals"})` when it `takes_proposals`), trained at `input_size`.
         export_root: root folder, e.g. `saved_models`.
         experiment: experiment name; the export is `<export_root>/<experiment>/<version>/`.
         label_map: `LabelMap` with the K class names; written as `assets/labels.txt`, background first.
@@ -541,6 +715,8 @@ def export_detection(
             f"export_detection: input_size {size} differs from the size the detector was built for "
             f"{tuple(model.image_size)}; pass data.image_size of its config."
         )
-    with_masks = bool(getattr(model, "predicts_masks", False))
-    module = DetectionServingModule(model, size, with_masks=with_masks)
+    if getattr(model, "takes_proposals", False):
+        module = RegionDetectionServingModule(model, size)
+    else:
+        module = DetectionServingModule(model, size, with_masks=bool(getattr(model, "predicts_masks", False)))
     return export_serving_module(module, export_root, experiment, label_map, version, verbose)

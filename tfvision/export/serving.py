@@ -1,7 +1,9 @@
 """Client-side helpers for TF Serving: request bodies for an export's signatures, and their responses.
 
 An export (`tfvision.export.saved_model`) has two signatures: `serving_default` takes `images` uint8
-`[batch, height, width, 3]`, `serving_bytes` takes `image_bytes`, a batch of JPEG/PNG files. The REST API
+`[batch, height, width, 3]`, `serving_bytes` takes `image_bytes`, a batch of JPEG/PNG files; exports of
+R-CNN and Fast R-CNN take `proposals` float32 `[batch, P, 4]` besides (`tfvision.predict.export_proposals`
+computes them as training did). The REST API
 (https://www.tensorflow.org/tfx/serving/api_rest, "Predict API") takes
 
     POST http://host:8501/v1/models/<name>[/versions/<version>]:predict
@@ -49,7 +51,18 @@ def _signature_input(images):
     return "serving_default", "images", array.tolist()
 
 
-def predict_request(images, signature_name: str | None = None, columnar: bool = False) -> dict:
+def _proposals_array(proposals, batch: int) -> np.ndarray:
+    """Region proposals as float32 `[batch, P, 4]`, checked against the image batch."""
+    array = np.asarray(proposals, np.float32)
+    if array.ndim != 3 or array.shape[0] != batch or array.shape[-1] != 4 or array.shape[1] < 1:
+        raise ValueError(
+            f"predict request: proposals must be float32 [batch={batch}, P >= 1, 4] (normalized yxyx boxes per "
+            f"image, e.g. from tfvision.predict.export_proposals); got shape {array.shape}."
+        )
+    return array
+
+
+def predict_request(images, signature_name: str | None = None, columnar: bool = False, proposals=None) -> dict:
     """The body of a TF Serving REST predict request, as a dict ready for `json.dumps`.
 
     Args:
@@ -57,23 +70,29 @@ def predict_request(images, signature_name: str | None = None, columnar: bool = 
             JPEG/PNG `bytes` (for `serving_bytes`, sent base64 as `{"b64": ...}`).
         signature_name: overrides the signature the input implies.
         columnar: use the columnar `inputs` format instead of the row `instances` format.
+        proposals: float32 `[batch, P, 4]` normalized yxyx region proposals, for R-CNN and Fast R-CNN
+            exports (which have a `proposals` input); None for every other export.
 
     Returns:
         `{"signature_name": ..., "instances": [...]}` or `{"signature_name": ..., "inputs": {name: [...]}}`.
     """
     default_signature, input_name, values = _signature_input(images)
     body = {"signature_name": signature_name or default_signature}
+    extra = {} if proposals is None else {"proposals": _proposals_array(proposals, len(values)).tolist()}
     if columnar:
-        body["inputs"] = {input_name: values}
+        body["inputs"] = {input_name: values, **extra}
+    elif extra:
+        # Several named inputs: each instance is a dict of that image's values (api_rest.md, "row format").
+        body["instances"] = [{input_name: v, "proposals": p} for v, p in zip(values, extra["proposals"])]
     else:
         # One named input: each instance is that input's value (api_rest.md, "row format").
         body["instances"] = values
     return body
 
 
-def predict_request_json(images, signature_name: str | None = None, columnar: bool = False) -> str:
+def predict_request_json(images, signature_name: str | None = None, columnar: bool = False, proposals=None) -> str:
     """`predict_request` serialized: the JSON text to POST to `predict_url(...)`."""
-    return json.dumps(predict_request(images, signature_name, columnar))
+    return json.dumps(predict_request(images, signature_name, columnar, proposals))
 
 
 def _decode_value(value):
@@ -125,7 +144,7 @@ def parse_predict_response(response, dtypes: dict | None = None, single_output_n
     )
 
 
-def grpc_predict_inputs(images, signature_name: str | None = None) -> tuple[str, dict]:
+def grpc_predict_inputs(images, signature_name: str | None = None, proposals=None) -> tuple[str, dict]:
     """Signature name and inputs of a gRPC `PredictRequest`, as `TensorProto`s.
 
     Use as `request.model_spec.signature_name = name` and `request.inputs[key].CopyFrom(proto)` for each
@@ -134,6 +153,7 @@ def grpc_predict_inputs(images, signature_name: str | None = None) -> tuple[str,
     Args:
         images: as for `predict_request` (binary strings go raw in a `TensorProto`, not base64).
         signature_name: overrides the signature the input implies.
+        proposals: as for `predict_request`.
 
     Returns:
         (signature name, {input name: tensorflow.TensorProto}).
@@ -145,7 +165,10 @@ def grpc_predict_inputs(images, signature_name: str | None = None) -> tuple[str,
         proto = tf.make_tensor_proto([bytes(b) for b in images], dtype=tf.string)
     else:
         proto = tf.make_tensor_proto(np.asarray(images), dtype=tf.uint8)
-    return signature_name or default_signature, {input_name: proto}
+    inputs = {input_name: proto}
+    if proposals is not None:
+        inputs["proposals"] = tf.make_tensor_proto(_proposals_array(proposals, len(images)), dtype=tf.float32)
+    return signature_name or default_signature, inputs
 
 
 def parse_grpc_outputs(outputs) -> dict:

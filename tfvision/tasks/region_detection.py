@@ -15,9 +15,13 @@ that proposals are an input of the model, computed by selective search outside T
   `images` key, so that `tasks.detection.score` (which runs `model.predict_on_batch(batch["images"])`) scores
   these models unchanged.
 
-Export: not possible. The serving contract takes images only, and selective search is OpenCV code that a
-SavedModel cannot contain, so an export would have no proposals; `export` raises and says what to use
-instead (Faster R-CNN, whose proposals come from a network).
+Export: `export` writes the detection serving contract (`tfvision.tasks.detection.export`), with the
+proposals as a second input of both signatures, since selective search (OpenCV) cannot run in a SavedModel:
+`proposals` float32 `[batch, P, 4]`, `[ymin, xmin, ymax, xmax]` normalized to each input image (as
+`detection_boxes`), computed by the client. `assets/proposals.json` holds the selective-search settings; the
+proposals training saw are those found on the resized and padded network input divided by the resized size,
+which `tfvision.predict.export_proposals` computes (and `tfvision predict` uses). See
+`tfvision.export.saved_model.RegionDetectionServingModule`.
 """
 
 from __future__ import annotations
@@ -198,11 +202,8 @@ def evaluate(config: ExperimentConfig, checkpoint: str | None = None) -> dict:
 
 
 def export(config: ExperimentConfig, checkpoint: str | None = None, version: int | None = None) -> str:
-    """Always raises: these detectors cannot be exported for serving (module docstring)."""
-    raise ValueError(
-        f"model.name={config.model.name}: R-CNN and Fast R-CNN cannot be exported as a SavedModel. Their region "
-        "proposals come from selective search (OpenCV), which cannot run inside a TensorFlow graph, and the "
-        "serving signature takes only images. Use the trained model in Python (model.propose(images), then "
-        "model.predict({'images': ..., 'proposals': ...})), or train faster_rcnn, whose proposals come from "
-        "its own network and which exports."
-    )
+    """Writes the trained detector as `<export.root>/<name>/<version>/`: the detection serving contract with a
+    `proposals` input and `assets/proposals.json` (module docstring)."""
+    # build_model builds rcnn and fast_rcnn, and export_detection picks the serving module with the proposals
+    # input for them (their `takes_proposals`).
+    return detection.export(config, checkpoint=checkpoint, version=version)

@@ -15,8 +15,8 @@ image (25% foreground) from proposals plus ground truth (`tfvision.data.region_t
 hierarchical sampling (few images, many regions each) is what a batch of B images with R regions each is.
 
 Everything around the network (loss, decoding with the proposals as anchors, `propose`, the region
-sampler) is R-CNN's: `FastRCNN` subclasses `RCNN` with another network. Not exportable, as R-CNN (see
-`tfvision.models.detection.rcnn`).
+sampler) is R-CNN's: `FastRCNN` subclasses `RCNN` with another network. Exported as R-CNN, with a
+`proposals` input (see `tfvision.models.detection.rcnn`).
 
 Example:
     model = build_fast_rcnn(config.model, input_shape=(64, 64, 3))

@@ -28,8 +28,9 @@ This module also holds what R-CNN and Fast R-CNN share: the region layers (`Clip
 `FlattenRegions`, `UnflattenRegions`), the `RCNN` detector class (loss, decoding; Fast R-CNN subclasses it
 with another network), the settings check and the training-region sampler.
 
-Export: a SavedModel cannot contain selective search (OpenCV, not a TensorFlow op), and the serving contract
-takes images only, so these models are not exportable; `tfvision.tasks.region_detection.export` says so.
+Export: a SavedModel cannot contain selective search (OpenCV, not a TensorFlow op), so the exports of these
+models (`takes_proposals`) take the proposals as a second input beside the images, computed by the client
+(`tfvision.predict.export_proposals`; see `tfvision.export.saved_model.RegionDetectionServingModule`).
 
 Example:
     model = build_rcnn(config.model, input_shape=(64, 64, 3))
@@ -226,6 +227,8 @@ class RCNN(Detector):
     """
 
     loss_names = ("class_loss", "box_loss")
+    # Proposals are an input (`call`), so an export takes them too (tfvision.export.saved_model).
+    takes_proposals = True
 
     def __init__(self, network, decoder, image_size, *, box_weights=(10.0, 10.0, 5.0, 5.0), box_loss_weight=1.0,
                  box_beta=1.0, proposal_mode="fast", num_proposals=2000, proposal_min_side=128, **kwargs):
