@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfvision.config import ModelConfig, from_dict
+from tfvision.config import ExperimentConfig, ModelConfig, from_dict
 from tfvision.data import coco as coco_data
 from tfvision.data import pipeline
 from tfvision.data.synthetic import make_shapes
@@ -17,6 +17,7 @@ from tfvision.evaluation import coco as coco_eval
 from tfvision.layers import roi_sampler
 from tfvision.models.detection.mask_rcnn import MaskRCNN, build_mask_rcnn, make_target_encoder
 from tfvision.ops.masks import crop_masks, paste_masks, resample_masks
+from tfvision.tasks import detection
 
 SIZE = 64
 SETTINGS = {
@@ -217,3 +218,15 @@ def test_short_training_on_shapes_clears_a_mask_ap50_bar(shapes):
           f"mask AP50 {trained:.3f}")
     assert untrained < 0.05
     assert trained > 0.15
+
+
+@pytest.mark.slow
+def test_task_trains_with_masks_and_scores_mask_ap(shapes, tmp_path):
+    config = ExperimentConfig(name="mask_task_test")
+    config.data.source, config.data.root = "coco", str(shapes)
+    config.data.image_size, config.data.batch_size, config.data.augment = SIZE, 4, ("flip",)
+    config.model = model_config()
+    config.train.steps_per_epoch, config.train.epochs, config.train.model_dir = 2, 1, str(tmp_path / "run")
+    metrics = detection.train(config)  # validation loss needs the val split's masks in the targets
+    assert 0.0 <= metrics["coco_segm"]["AP50"] <= 1.0 and 0.0 <= metrics["coco"]["AP50"] <= 1.0
+    assert detection.evaluate(config)["coco_segm"] == metrics["coco_segm"]

@@ -56,14 +56,16 @@ def datasets(config: ExperimentConfig):
     data = config.data
     masks = config.model.name in MASK_FAMILIES
     train_split = sources.load_split(data, data.train_split, include_masks=masks, shuffle_files=True)
-    val_split = sources.load_split(data, data.val_split, include_masks=False)
+    # Mask families need masks in the validation targets too (for the validation loss).
+    val_split = sources.load_split(data, data.val_split, include_masks=masks)
     check_label_map(config, train_split.label_map)
+    mask_keys = ("masks",) if masks else ()
     train_examples = pipeline.build_input_pipeline(
         train_split.dataset, data.image_size, data.batch_size, training=True, augment=augmentations(data),
-        seed=config.train.seed, keys=TRAIN_KEYS + (("masks",) if masks else ()),
+        seed=config.train.seed, keys=TRAIN_KEYS + mask_keys,
     )
     val_examples = pipeline.build_input_pipeline(
-        val_split.dataset, data.image_size, data.batch_size, training=False, keys=EVAL_KEYS
+        val_split.dataset, data.image_size, data.batch_size, training=False, keys=EVAL_KEYS + mask_keys
     )
     encoder = family(config.model.name).make_target_encoder(config.model, (data.image_size, data.image_size))
     return (
@@ -90,7 +92,8 @@ def detection_pairs(examples: tf.data.Dataset, encoder) -> tf.data.Dataset:
 
 class PeriodicEvaluation(keras.callbacks.Callback):
     """Scores the model with COCO AP and VOC mAP every `every` epochs and after the last; adds
-    `val_AP`, `val_AP50`, `val_mAP_voc` to the epoch's logs (so TensorBoard and History show them)."""
+    `val_AP`, `val_AP50`, `val_mAP_voc` (and `val_mask_AP50` for mask models) to the epoch's logs (so
+    TensorBoard and History show them)."""
 
     def __init__(self, config: ExperimentConfig, val_examples, val_split, every: int, epochs: int):
         super().__init__()
@@ -104,10 +107,12 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         logs["val_AP"] = metrics["coco"]["AP"]
         logs["val_AP50"] = metrics["coco"]["AP50"]
         logs["val_mAP_voc"] = metrics["voc"]["mAP"]
+        masks = ""
         if "coco_segm" in metrics:
             logs["val_mask_AP50"] = metrics["coco_segm"]["AP50"]
+            masks = f", mask AP50 {logs['val_mask_AP50']:.3f}"
         print(f"\nepoch {epoch + 1}: val AP {logs['val_AP']:.3f}, AP50 {logs['val_AP50']:.3f}, "
-              f"VOC mAP {logs['val_mAP_voc']:.3f}")
+              f"VOC mAP {logs['val_mAP_voc']:.3f}{masks}")
 
 
 def train(config: ExperimentConfig) -> dict:
