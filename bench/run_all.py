@@ -12,7 +12,7 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHES = ("data_pipeline.py", "segmentation.py", "detection.py")
+BENCHES = ("data_pipeline.py", "segmentation.py", "detection.py", "two_stage.py")
 
 HEADER = """# tfvision benchmarks
 

@@ -305,6 +305,35 @@ def test_roi_pool_gradient_lands_on_first_max(rng):
     np.testing.assert_allclose(grad, ref_roi_pool_grad(features, indices, argmax, upstream), atol=1e-5)
 
 
+def test_roi_pool_gradient_in_tf_function_with_unknown_shapes(rng):
+    # The forward pass keeps only the maxima; the gradient recomputes the first-maximum positions (a custom
+    # gradient): it must give torchvision's argmax gradient inside a graph too, ties and NaNs included.
+    features = rng.integers(0, 3, size=(2, 10, 12, 3)).astype(np.float32)
+    features[0, 2, 3, 1] = np.nan
+    features[1, 4, 5, 0] = -np.inf
+    boxes, indices = make_boxes(rng, 10, 12, 0.5, num_batch=2)
+    expected, argmax = ref_roi_pool(features, boxes, indices, 3, 2, 0.5)
+    upstream = rng.normal(size=expected.shape).astype(np.float32)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3]),
+            tf.TensorSpec([None, 4]),
+            tf.TensorSpec([None], tf.int32),
+        ]
+    )
+    def fn(f, b, i):
+        with tf.GradientTape() as tape:
+            tape.watch(f)
+            out = roi.roi_pool(f, b, i, (3, 2), 0.5)
+            loss = tf.reduce_sum(out * upstream)
+        return out, tape.gradient(loss, f)
+
+    out, grad = fn(features, boxes, indices)
+    np.testing.assert_array_equal(out.numpy(), expected)
+    np.testing.assert_allclose(grad.numpy(), ref_roi_pool_grad(features, indices, argmax, upstream), atol=1e-5)
+
+
 # --- roi_align ---
 
 
@@ -360,6 +389,30 @@ def test_roi_align_matches_reference(rng, aligned, sampling_ratio, scale, output
     eager, graph = eager_and_graph(roi.roi_align, features, boxes, indices, output_size, scale, sampling_ratio, aligned)
     np.testing.assert_allclose(eager, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(graph, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampling_ratio", [2, 3])
+def test_roi_align_small_bins_sharing_neighbours(rng, sampling_ratio):
+    # Bins of 0.3-2.3 pixels (the torchvision benchmark's boxes): the samples of a bin share neighbouring
+    # pixels, which roi_align merges into one matrix entry each and drops at zero weight. Values and
+    # gradients must still be the kernel's.
+    features = random_features(rng, (2, 20, 20, 4))
+    corner = rng.uniform(-1.0, 14.0, (40, 2))
+    side = rng.uniform(2.0, 16.0, (40, 2))
+    boxes = np.concatenate([corner, corner + side], axis=1).astype(np.float32)
+    boxes[:4, 2:] = boxes[:4, :2] + np.float32(0.5)  # smaller than a pixel: every sample in one cell
+    indices = rng.integers(0, 2, len(boxes)).astype(np.int32)
+    expected, taps = ref_roi_align(features, boxes, indices, 7, 7, 1.0, sampling_ratio, True)
+    eager, graph = eager_and_graph(roi.roi_align, features, boxes, indices, 7, 1.0, sampling_ratio, True)
+    np.testing.assert_allclose(eager, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(graph, expected, rtol=1e-5, atol=1e-5)
+    upstream = rng.normal(size=expected.shape).astype(np.float32)
+    x = tf.constant(features)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(roi.roi_align(x, boxes, indices, 7, 1.0, sampling_ratio, True) * upstream)
+    grad = tape.gradient(loss, x).numpy()
+    np.testing.assert_allclose(grad, ref_roi_align_grad(features, indices, taps, upstream), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("aligned, sampling_ratio", [(True, 2), (False, 0)])

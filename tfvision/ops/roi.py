@@ -16,15 +16,21 @@ from the float32 boxes in float32, as torchvision does for float32 inputs. The r
 `features`.
 
 How ROI max pooling is computed: every pixel of every bin is listed (a ragged list, bin after bin and
-row-major inside a bin), gathered, reduced with sorted segment max, and the first position holding the
-maximum is found; the output is a gather at those positions, so the gradient lands where torchvision's
-argmax sends it, ties included.
+row-major inside a bin), gathered and reduced with sorted segment max. The forward pass stops there (three
+passes over the `[pixels listed, C]` values); the gradient (a custom gradient) finds the first position
+holding each bin's maximum and sends the upstream gradient there, where torchvision's argmax sends it, ties
+included. Finding that position costs several more passes, so only training pays for it.
 
 How ROI align is computed: a bilinear sample is the outer product of two 1-D interpolations, so the
 weights of every output cell over the feature map are built per axis (`[R, out, entries]`) and combined
-into one sparse `[R * out_h * out_w, B * H * W]` matrix (16 entries per cell with sampling_ratio=2). The
-result is that matrix times the features seen as `[B * H * W, C]`, done by TF's CSR sparse-dense matmul
-(multi-threaded, no `[R, out, out, samples, 4, C]` intermediate), and its gradient is the transposed product.
+into one sparse `[R * out_h * out_w, B * H * W]` matrix. The result is that matrix times the features seen
+as `[B * H * W, C]`, done by TF's CSR sparse-dense matmul (no `[R, out, out, samples, 4, C]` intermediate),
+and its gradient is the transposed product. The matmul's cost is proportional to the matrix's entries, so
+entries are made few: along each axis the samples of a bin share neighbours (with sampling_ratio=2 and bins
+under 2 pixels, 4 neighbour slots hold 2-3 distinct pixels), so equal pixels are merged into one entry, and
+entries of weight 0 (merged-away slots, samples outside the map, zero fractions) are dropped: with the
+torchvision benchmark's boxes ~7 entries per cell instead of 16, and about half the time. Dropping zero
+weights means a non-finite feature that the kernel would multiply by a zero weight (giving NaN) is not read.
 The CSR ops have no XLA kernel, so layers wrapping these ops set `supports_jit = False`.
 """
 
@@ -134,6 +140,76 @@ def _round_half_away_from_zero(x):
     return tf.where(is_half, truncated + tf.sign(x), tf.round(x))
 
 
+def _bin_max_and_argmax(flat_features, pixel, cell, num_cells, with_argmax):
+    """Each bin's maximum over its listed pixels, the kernel's way, and optionally where it is.
+
+    Mirrors the kernel's search: start from -FLT_MAX and take a value only if it is strictly greater, so NaNs
+    and -inf are never picked, and a bin without such a value gives -FLT_MAX (empty bins are set to 0 by the
+    caller).
+
+    Args:
+        flat_features: float `[B * H * W, C]`.
+        pixel: int32 `[N]`, the listed pixels (rows of `flat_features`), bin after bin, row-major in a bin.
+        cell: int32 `[N]`, the bin of each listed pixel (sorted).
+        num_cells: int32 scalar, the number of bins.
+        with_argmax: also return the first (row-major) position of each maximum.
+
+    Returns:
+        `maximum` `[num_cells, C]`, and with `with_argmax` `(maximum, source)`: int32 `[num_cells, C]`, the
+        element of `flat_features` (flattened) holding the maximum, or -1 where no value was taken.
+    """
+    num_rows, channels = tf.shape(flat_features)[0], tf.shape(flat_features)[1]
+    lowest = tf.constant(flat_features.dtype.min, flat_features.dtype)
+    # Values the kernel never takes become -FLT_MAX. Done on the feature map, which is much smaller than the
+    # gathered values (each pixel is listed in several bins).
+    candidates = tf.where(flat_features > lowest, flat_features, lowest)
+    # A sentinel: one extra row of -FLT_MAX, listed last in the last bin, so that the sorted segment max
+    # gives exactly one row per bin (it stops at the largest bin id) and cannot change any bin's maximum.
+    candidates = tf.concat([candidates, tf.fill([1, channels], lowest)], axis=0)
+    pixel = tf.concat([pixel, [num_rows]], axis=0)
+    cell = tf.concat([cell, [tf.maximum(num_cells - 1, 0)]], axis=0)
+    values = tf.gather(candidates, pixel)  # [N + 1, C]
+    # `cell` is sorted, so the (several times faster) sorted segment reductions apply. Bins with no pixel
+    # give -FLT_MAX here (the caller sets empty bins to 0).
+    padded_maximum = tf.math.segment_max(values, cell)  # [max(num_cells, 1), C]
+    maximum = padded_maximum[:num_cells]
+    if not with_argmax:
+        return maximum
+    listed = tf.range(tf.shape(cell)[0])[:, None]
+    is_max = tf.equal(values, tf.gather(padded_maximum, cell))
+    first = tf.math.segment_min(tf.where(is_max, listed, tf.int32.max), cell)[:num_cells]
+    found = maximum > lowest
+    # Bins without a taken value read the sentinel (listed last), then get -1.
+    source = tf.gather(pixel, tf.where(found, first, tf.shape(cell)[0] - 1)) * channels + tf.range(channels)
+    return maximum, tf.where(found, source, -1)
+
+
+def _bin_max(flat_features, pixel, cell, num_cells):
+    """`_bin_max_and_argmax`'s maximum, with torchvision's gradient: each bin's upstream gradient goes to the
+    first position holding its maximum (none where no value was taken)."""
+
+    # The gradient function uses only the arguments (and recomputes the positions from them): a SavedModel
+    # cannot serialize a gradient function that captures forward tensors.
+    @tf.custom_gradient
+    def pool(flat_features, pixel, cell, num_cells):
+        maximum = _bin_max_and_argmax(flat_features, pixel, cell, num_cells, with_argmax=False)
+
+        def grad(upstream):
+            _, source = _bin_max_and_argmax(flat_features, pixel, cell, num_cells, with_argmax=True)
+            taken = source >= 0
+            size = tf.size(flat_features)
+            gradient = tf.math.unsorted_segment_sum(
+                tf.reshape(tf.where(taken, upstream, tf.zeros_like(upstream)), [-1]),
+                tf.reshape(tf.where(taken, source, size), [-1]),  # segment `size` collects what is not taken
+                size + 1,
+            )
+            return tf.reshape(gradient[:size], tf.shape(flat_features)), None, None, None
+
+        return maximum, grad
+
+    return pool(flat_features, pixel, cell, num_cells)
+
+
 # --- ROI max pooling ---
 
 
@@ -200,29 +276,9 @@ def roi_pool(features, boxes, box_indices, output_size, spatial_scale=1.0):
     image = tf.gather(tf.repeat(box_indices, out_h * out_w), cell)
     pixel = (image * height + row) * width + col  # [N]
 
-    # Forward search for the first maximum (no gradient here), mirroring the kernel: start from -FLT_MAX and
-    # take a value only if it is strictly greater, so NaNs and -inf are never picked.
     flat_features = tf.reshape(features, [-1, channels])
-    lowest = tf.constant(features.dtype.min, features.dtype)
-    values = tf.gather(tf.stop_gradient(flat_features), pixel)  # [N, C]
-    values = tf.where(values > lowest, values, lowest)
-    # `cell` is sorted, so the (several times faster) sorted segment reductions apply. They give 0 for empty
-    # bins and stop at the last non-empty one; empty bins are set to 0 below, and the tail is padded here.
-    missing = num_cells - 1 - tf.reduce_max(tf.concat([cell, [-1]], axis=0))
-    maximum = tf.math.segment_max(values, cell)
-    maximum = tf.concat([maximum, tf.fill([missing, channels], lowest)], axis=0)  # [R * out_h * out_w, C]
-    listed = tf.range(tf.shape(cell)[0])[:, None]
-    is_max = values == tf.gather(maximum, cell)
-    first = tf.math.segment_min(tf.where(is_max, listed, tf.int32.max), cell)
-    first = tf.concat([first, tf.zeros([missing, channels], tf.int32)], axis=0)
-    found = maximum > lowest
-    # The output is a gather of the chosen pixels, so the gradient lands exactly there (torchvision's argmax).
-    # Bins without a candidate read a dummy pixel (index N, pixel 0), then take `lowest` without a gradient.
-    padded_pixel = tf.concat([pixel, tf.zeros([1], pixel.dtype)], axis=0)
-    source = tf.gather(padded_pixel, tf.where(found, first, tf.shape(cell)[0]))
-    flat_index = source * channels + tf.range(channels)[None, :]
-    pooled = tf.gather(tf.reshape(features, [-1]), flat_index)
-    pooled = tf.reshape(tf.where(found, pooled, lowest), [num_boxes, out_h, out_w, channels])
+    pooled = _bin_max(flat_features, pixel, cell, num_cells)
+    pooled = tf.reshape(pooled, [num_boxes, out_h, out_w, channels])
     empty = (h_end <= h_begin)[:, :, None] | (w_end <= w_begin)[:, None, :]  # [R, out_h, out_w]
     pooled = tf.where(empty[..., None], tf.zeros_like(pooled), pooled)
     pooled = tf.cast(pooled, dtype)
@@ -288,6 +344,25 @@ def _axis_weights(start, bin_size, grid, pooled, max_grid, size, merge_window):
     weight = tf.reshape(weight, [shape[0], shape[1], length])
     index = tf.minimum(base + tf.range(length)[None, None, :], size - 1)  # past-the-end slots have weight 0
     return index, weight
+
+
+def _merge_equal_entries(index, weight):
+    """Sums the weights of equal pixel indices within each bin into the first of them; the rest get 0.
+
+    Args:
+        index: int32 `[R, pooled, entries]` pixel indices along one axis.
+        weight: float32 `[R, pooled, entries]`.
+
+    Returns:
+        float32 `[R, pooled, entries]`: at the first slot of each distinct index the summed weight of that
+        index, elsewhere 0 (dropped later with the other zero entries).
+    """
+    entries = index.shape[-1]
+    same = tf.equal(index[..., :, None], index[..., None, :])  # [R, pooled, entries, entries]
+    earlier = tf.constant(np.tril(np.ones((entries, entries), bool), -1))  # [k, m]: m before k
+    is_first = tf.logical_not(tf.reduce_any(same & earlier, axis=-1))
+    summed = tf.reduce_sum(tf.where(same, weight[..., None, :], 0.0), axis=-1)
+    return tf.where(is_first, summed, 0.0)
 
 
 def _sparse_rows_times(indices, values, num_rows, num_cols, dense):
@@ -377,22 +452,23 @@ def roi_align(features, boxes, box_indices, output_size, spatial_scale=1.0, samp
     adaptive = sampling_ratio <= 0
     rows, weight_y = _axis_weights(y0, bin_h, grid_h, out_h, max_h, height, merge_window=adaptive)
     cols, weight_x = _axis_weights(x0, bin_w, grid_w, out_w, max_w, width, merge_window=adaptive)
+    if not adaptive:
+        # A fixed grid lists 2 neighbours per sample; neighbouring samples often share pixels (module docstring).
+        weight_y = _merge_equal_entries(rows, weight_y)
+        weight_x = _merge_equal_entries(cols, weight_x)
 
     # Sparse matrix entries [R, out_h, out_w, entries_y, entries_x]: the outer product of the 1-D entries.
-    pixel = (box_indices[:, None, None, None, None] * height + rows[:, :, None, :, None]) * width + cols[
-        :, None, :, None, :
-    ]
+    row_start = (box_indices[:, None, None] * height + rows) * width  # [R, out_h, entries_y]
+    pixel = row_start[:, :, None, :, None] + cols[:, None, :, None, :]
     weight = weight_y[:, :, None, :, None] * weight_x[:, None, :, None, :]
     num_cells = num_boxes * out_h * out_w
-    entries = tf.shape(pixel)[3] * tf.shape(pixel)[4]
-    cell = tf.broadcast_to(tf.range(num_cells)[:, None], [num_cells, entries])
-    cell, pixel, weight = tf.reshape(cell, [-1]), tf.reshape(pixel, [-1]), tf.reshape(weight, [-1])
-    if adaptive:
-        # One large box pads every box's window; dropping the zero entries keeps the matmul proportional
-        # to the real samples. Order is kept, so rows stay grouped as CSR needs.
-        keep = weight != 0.0
-        cell, pixel, weight = tf.boolean_mask(cell, keep), tf.boolean_mask(pixel, keep), tf.boolean_mask(weight, keep)
-    indices = tf.cast(tf.stack([cell, pixel], axis=1), tf.int64)
+    entries = tf.cast(tf.shape(pixel)[3] * tf.shape(pixel)[4], tf.int64)
+    # Only the non-zero entries go into the matrix (zero weights add nothing; the matmul's cost is per entry).
+    # tf.where lists them in row-major order, so rows stay grouped as CSR needs.
+    kept = tf.where(tf.not_equal(tf.reshape(weight, [-1]), 0.0))[:, 0]  # int64 positions in [R * out_h * out_w * entries]
+    pixel = tf.gather(tf.reshape(pixel, [-1]), kept)
+    weight = tf.gather(tf.reshape(weight, [-1]), kept)
+    indices = tf.stack([kept // entries, tf.cast(pixel, tf.int64)], axis=1)
 
     flat_features = tf.reshape(features, [-1, channels])
     pooled = _sparse_rows_times(
