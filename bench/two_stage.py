@@ -30,7 +30,9 @@ here) and its transform (normalize + resize, ~10 ms); torchvision's Mask R-CNN p
 512x512 image masks inside the model, tfvision's `detect` returns box masks, so a second Mask R-CNN row adds
 `ops.masks.paste_masks` to 512x512 in the same `tf.function`. How many boxes pass the 0.05 threshold depends
 on the random weights (torchvision's kept 100 per image; "dets/img" says how many ours kept); rows at score
-threshold 0 (always 100 detections, masks for all 100) are beside torchvision's `@thresh0` rows.
+threshold 0 (always 100 detections, masks for all 100) are beside torchvision's `@thresh0` rows. The
+"bfloat16" rows build the same models under Keras' `mixed_bfloat16` policy (bfloat16 convolutions and matmuls,
+float32 variables and outputs), which this CPU runs on its AMX-BF16 units; torchvision's figures are float32.
 
 Timing: default TF threading, one untimed warm-up call, medians of timed calls. The 2 cores are shared with
 other users: the load average (`uptime`) is printed with every table, and torchvision's figures were taken
@@ -213,6 +215,7 @@ def fpn_config(name, size, score_threshold):
 
 
 def bench_fpn_models() -> list[dict]:
+    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -222,12 +225,18 @@ def bench_fpn_models() -> list[dict]:
     size = 128 if benchutil.quick() else 512
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32))
     rows = []
-    for name, label in (("faster_rcnn", "Faster R-CNN R50-FPN"), ("mask_rcnn", "Mask R-CNN R50-FPN")):
+    models = [(name, label, precision) for precision in ("float32", "mixed_bfloat16")
+              for name, label in (("faster_rcnn", "Faster R-CNN R50-FPN"), ("mask_rcnn", "Mask R-CNN R50-FPN"))]
+    for name, label, precision in models:
+        # bfloat16 compute (float32 variables, boxes and scores): what AMX-BF16 CPUs run fastest.
+        keras.mixed_precision.set_global_policy(precision)
         model = build_model(fpn_config(name, size, 0.05))
+        keras.mixed_precision.set_global_policy("float32")
+        label += "" if precision == "float32" else ", bfloat16"
         variants = [("detect", 0.05, False)]
         if name == "mask_rcnn":
             variants.append(("detect + paste masks", 0.05, True))
-        if not benchutil.quick():
+        if not benchutil.quick() and precision == "float32":
             variants.append(("detect", 0.0, False))
             if name == "mask_rcnn":
                 variants.append(("detect + paste masks", 0.0, True))
