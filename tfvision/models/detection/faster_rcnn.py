@@ -41,14 +41,13 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 
 import keras
 import tensorflow as tf
 
 from tfvision.backbones import build_backbone, check_input_shape
 from tfvision.backbones.fpn import MAX_BACKBONE_LEVEL, build_fpn
-from tfvision.config import FasterRCNNConfig, from_dict
+from tfvision.config import FasterRCNNConfig, from_dict, to_dict
 from tfvision.data.targets import match_anchors
 from tfvision.layers.anchor_generator import AnchorGenerator
 from tfvision.layers.detection_decoder import decoder_from_config
@@ -675,15 +674,7 @@ def _select_class(per_class, classes):
 
 def settings_dict(settings) -> dict:
     """A config dataclass as a JSON-ready dict (tuples become lists), for `get_config`."""
-
-    def plain(value):
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(dataclasses.asdict(settings))
+    return to_dict(settings)
 
 
 def check_model_input_shape(input_shape):
