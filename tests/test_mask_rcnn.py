@@ -230,3 +230,23 @@ def test_task_trains_with_masks_and_scores_mask_ap(shapes, tmp_path):
     metrics = detection.train(config)  # validation loss needs the val split's masks in the targets
     assert 0.0 <= metrics["coco_segm"]["AP50"] <= 1.0 and 0.0 <= metrics["coco"]["AP50"] <= 1.0
     assert detection.evaluate(config)["coco_segm"] == metrics["coco_segm"]
+
+
+def test_detected_masks_equal_the_mask_head_and_nothing_detected_gives_zero_masks(model):
+    images = np.random.default_rng(5).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
+    threshold = model.decoder.score_threshold
+    try:
+        for model.decoder.score_threshold in (0.0, 1.1):  # every row detected, then none
+            detections = {k: v.numpy() for k, v in tf.function(model.detect)(images).items()}
+            k = model.decoder.max_detections
+            assert detections["masks"].shape == (2, k, model.mask_size, model.mask_size)
+            for b, n in enumerate(detections["num_detections"]):
+                assert np.all(detections["masks"][b, n:] == 0)
+                if n == 0:
+                    continue
+                raw = model(images[b:b + 1], training=False)
+                want = model.predict_masks(raw, detections["boxes"][b:b + 1, :n], detections["classes"][b:b + 1, :n])
+                np.testing.assert_allclose(detections["masks"][b, :n], want[0], atol=1e-5)
+            assert (detections["num_detections"] == 0).all() == (model.decoder.score_threshold > 1)
+    finally:
+        model.decoder.score_threshold = threshold

@@ -135,7 +135,14 @@ class MaskRCNN(FasterRCNN):
         raw = self(images, training=False)
         boxes, scores = self.decode_predictions(raw)
         detections = dict(self.decoder(boxes, scores, image_size=self.image_size))
-        detections["masks"] = self.predict_masks(raw, detections["boxes"], detections["classes"])
+        # The mask branch runs on the detected boxes only (the rows up to the batch's largest count), not on
+        # all K padded rows: on a trained model most rows are padding. At least one row (a padding row gives a
+        # zero mask): the convolutions fail on an empty batch of regions.
+        count = tf.maximum(tf.reduce_max(detections["num_detections"]), 1)
+        masks = self.predict_masks(raw, detections["boxes"][:, :count], detections["classes"][:, :count])
+        k = detections["boxes"].shape[1]
+        masks = tf.pad(masks, [[0, 0], [0, k - count], [0, 0], [0, 0]])
+        detections["masks"] = tf.ensure_shape(masks, [None, k, self.mask_size, self.mask_size])
         return detections
 
     def get_config(self):
