@@ -64,3 +64,11 @@ def md_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
             cells.append(fmt.format(value) if fmt and value != "" else str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages as "a / b / c" (the 2 cores are shared: figures move with it)."""
+    try:
+        return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "?"

@@ -37,11 +37,17 @@ NUM_CLASSES = 80
 IMAGE = 1024.0
 TORCHVISION_BATCHED_NMS_MS = {1000: 1.06, 10000: 10.98}
 # label -> (model.name, backbone, input size, family options)
+# The SSD rows use torchvision's test settings (score threshold, detections kept).
 DETECTORS = {
-    "SSD300-VGG16": ("ssd", "vgg16", 300, {}),
-    "SSDLite320-MobileNetV2": ("ssd", "mobilenetv2", 320, {"ssd": {"head": "separable"}}),
+    "SSD300-VGG16": ("ssd", "vgg16", 300, {"detection": {"score_threshold": 0.01, "max_detections": 200}}),
+    "SSDLite320-MobileNetV2": ("ssd", "mobilenetv2", 320, {"ssd": {"head": "separable"},
+                                                           "detection": {"score_threshold": 0.001,
+                                                                         "max_detections": 300}}),
     "YOLO conv head (v3), MobileNetV2": ("yolo", "mobilenetv2", 416, {"yolo": {"version": "v3"}}),
 }
+# torchvision 0.29.1 on this machine, batch 1, ms/img (ssdlite320 is its MobileNetV3-Large variant).
+TORCHVISION_MS = {"SSD300-VGG16": 462.0, "SSDLite320-MobileNetV2": 44.4}
+TARGET_SPEEDUP = 1.2
 
 
 def nms_inputs(n, num_classes=NUM_CLASSES, seed=0):
@@ -91,7 +97,9 @@ def bench_nms() -> list[dict]:
     return rows
 
 
-def build_detector(label):
+def build_detector(label, precision="float32"):
+    import keras
+
     from tfvision.config import ExperimentConfig, from_dict, to_dict
     from tfvision.models import build_model
 
@@ -102,7 +110,11 @@ def build_detector(label):
     config["model"].update(name=name, num_classes=NUM_CLASSES, backbone={"name": backbone, "weights": "none"})
     for section, values in options.items():
         config["model"][section].update(values)
-    return build_model(from_dict(ExperimentConfig, config)), size
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        return build_model(from_dict(ExperimentConfig, config)), size
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def bench_detectors() -> list[dict]:
@@ -110,16 +122,23 @@ def bench_detectors() -> list[dict]:
     import tensorflow as tf
 
     rows = []
-    for label in DETECTORS:
-        model, size = build_detector(label)
-        detect = tf.function(model.detect, reduce_retracing=True)
-        for batch in (1, 8):
-            images = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)), tf.float32)
-            times = benchutil.repeat_timed(lambda: detect(images), repeats=10 if batch == 1 else 5)
-            median = benchutil.median(times)
-            rows.append({"model": label, "size": f"{size}x{size}", "batch": batch, "ms": 1000 * median,
-                         "ips": batch / median, "anchors": int(model.decode_predictions(model(images[:1]))[1].shape[1])})
-        del model, detect
+    for precision in ("float32", "mixed_bfloat16"):
+        for label in DETECTORS:
+            model, size = build_detector(label, precision)
+            detect = tf.function(model.detect, reduce_retracing=True)
+            for batch in (1, 8):
+                images = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)), tf.float32)
+                times = benchutil.repeat_timed(lambda: detect(images), repeats=10 if batch == 1 else 5)
+                median = benchutil.median(times)
+                torch_ms = TORCHVISION_MS.get(label, "") if batch == 1 else ""
+                rows.append({
+                    "model": label + ("" if precision == "float32" else ", bfloat16"), "size": f"{size}x{size}",
+                    "batch": batch, "ms_img": 1000 * median / batch, "ips": batch / median,
+                    "anchors": int(model.decode_predictions(model(images[:1]))[1].shape[1]),
+                    "torchvision": torch_ms, "speedup": torch_ms / (1000 * median) if torch_ms else "",
+                    "target": torch_ms / TARGET_SPEEDUP if torch_ms else "",
+                })
+            del model, detect
     return rows
 
 
@@ -146,9 +165,17 @@ def main() -> int:
             "",
             "### Detectors: `model.detect` (network + decode + NMS), random weights, 80 classes",
             "",
-            benchutil.md_table(bench_detectors(), [("model", "model", ""), ("input", "size", ""),
-                                                   ("batch", "batch", ""), ("median ms/batch", "ms", "{:.1f}"),
-                                                   ("images/s", "ips", "{:.2f}"), ("anchors", "anchors", "")]),
+            benchutil.md_table(bench_detectors(), [
+                ("model", "model", ""), ("input", "size", ""), ("batch", "batch", ""),
+                ("median ms/img", "ms_img", "{:.1f}"), ("images/s", "ips", "{:.2f}"), ("anchors", "anchors", ""),
+                ("torchvision ms/img", "torchvision", "{:.1f}"), ("torchvision / ours", "speedup", "{:.2f}x"),
+                ("1.2x target ms", "target", "{:.0f}"),
+            ]),
+            "",
+            f"load average {benchutil.load_average()}. torchvision: `ssd300_vgg16` and `ssdlite320_mobilenet_v3_large` "
+            "(MobileNetV3-Large, where tfvision's SSDLite uses MobileNetV2), batch 1, 2 threads, idle machine. "
+            "bfloat16 rows: Keras' `mixed_bfloat16` policy (bfloat16 compute on the CPU's AMX-BF16 units, float32 "
+            "variables and outputs); torchvision's figures are float32.",
         ]
     text = "\n".join(lines) + "\n"
     if args.out:

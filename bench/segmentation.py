@@ -307,19 +307,12 @@ def measure_model(key: str, matmul, matmul_flops) -> tuple[list[dict], dict]:
     return rows, info
 
 
-def load_average() -> str:
-    try:
-        return " / ".join(f"{v:.1f}" for v in os.getloadavg())
-    except OSError:
-        return "?"
-
-
 def run(keys) -> dict:
     import tensorflow as tf
 
     matmul, matmul_flops = matmul_call()
     repeats = 2 if benchutil.quick() else 5
-    result = {"load_start": load_average(), "matmul4096_start": matmul_gflops(4096, repeats), "rows": [],
+    result = {"load_start": benchutil.load_average(), "matmul4096_start": matmul_gflops(4096, repeats), "rows": [],
               "flops": [], "threads": (tf.config.threading.get_intra_op_parallelism_threads(),
                                        tf.config.threading.get_inter_op_parallelism_threads())}
     start = time.perf_counter()
@@ -329,7 +322,7 @@ def run(keys) -> dict:
         result["rows"].extend(rows)
         result["flops"].append(info)
     result["matmul4096_end"] = matmul_gflops(4096, repeats)
-    result["load_end"] = load_average()
+    result["load_end"] = benchutil.load_average()
     result["seconds"] = time.perf_counter() - start
     return result
 

@@ -67,10 +67,6 @@ TORCHVISION_MODEL_MS = {
 TARGET_SPEEDUP = {"ops": 4.0, "models": 1.2}
 
 
-def load_average() -> str:
-    return "load average %.2f, %.2f, %.2f (1, 5, 15 min)" % os.getloadavg()
-
-
 def roi_boxes(k, seed=1, feature_size=64):
     """boxgen.roi_boxes (torchvision's bench inputs) as yxyx: corner uniform in [0, 48], sides in [2, 16]."""
     import numpy as np
@@ -292,13 +288,14 @@ def main() -> int:
         "### ROI ops (1x64x64x256 features, 7x7, spatial_scale 1, `tf.function`)"
         + (" [BENCH_QUICK: 1x16x16x32]" if benchutil.quick() else ""),
         "",
-        f"Before: {load_average()}.",
+        f"Before: load average {benchutil.load_average()} (1, 5, 15 min).",
         "",
         benchutil.md_table(bench_roi_ops(), [
             ("op", "op", ""), ("K boxes", "k", ""), ("median ms", "ms", "{:.2f}"), ("best ms", "best", "{:.2f}"),
             ("torchvision ms", "torchvision", "{:.1f}"), ("torchvision / ours", "speedup", "{:.1f}x")]),
         "",
-        f"After: {load_average()}. Target: roi_align at least {TARGET_SPEEDUP['ops']:.0f}x torchvision "
+        f"After: load average {benchutil.load_average()} (1, 5, 15 min). Target: roi_align at least "
+        f"{TARGET_SPEEDUP['ops']:.0f}x torchvision "
         f"(<= {TORCHVISION_OPS_MS[('roi_align sr=2', 512)] / TARGET_SPEEDUP['ops']:.1f} ms at K=512).",
     ]
     if not args.skip_models:
@@ -312,7 +309,7 @@ def main() -> int:
             f"the synthetic image; the first {min(region['found'], region['regions'])} of them plus "
             f"{max(region['regions'] - region['found'], 0)} grid boxes are the {region['regions']} proposals both "
             f"classified. Selective search: {region['search_s']:.2f} s per image (median of 3). "
-            f"{load_average()}.",
+            f"load average {benchutil.load_average()} (1, 5, 15 min).",
             "",
             benchutil.md_table(rows, [
                 ("model", "model", ""), ("proposals", "proposals", ""), ("regions classified", "regions", ""),
@@ -336,8 +333,8 @@ def main() -> int:
                     ("images/s", "ips", "{:.2f}"), ("torchvision ms/img", "torchvision", "{:.1f}"),
                     ("torchvision / ours", "speedup", "{:.2f}x"), ("1.2x target ms", "target", "{:.0f}")]),
                 "",
-                f"{load_average()}. torchvision rows: threshold 0.05 = its default rows (100 dets/img), "
-                "threshold 0 = its `@thresh0` rows.",
+                f"load average {benchutil.load_average()} (1, 5, 15 min). torchvision rows: threshold 0.05 = its "
+                "default rows (100 dets/img), threshold 0 = its `@thresh0` rows.",
             ]
     text = "\n".join(lines) + "\n"
     if args.out:
