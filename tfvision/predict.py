@@ -82,7 +82,9 @@ def read_proposal_settings(export_dir: str) -> dict:
         settings = json.load(f)
     keys = ("method", "mode", "num_proposals", "min_side", "input_size")
     if not isinstance(settings, dict) or any(k not in settings for k in keys):
-        raise ValueError(f"{path}: expected a JSON object with keys {list(keys)}, got {settings!r}; re-export the model.")
+        raise ValueError(
+            f"{path}: expected a JSON object with keys {list(keys)}, got {settings!r}; re-export the model."
+        )
     if settings["method"] != "selective_search":
         raise ValueError(
             f"{path}: method {settings['method']!r} is not one this client computes (selective_search); "

@@ -464,8 +464,9 @@ def roi_align(features, boxes, box_indices, output_size, spatial_scale=1.0, samp
     num_cells = num_boxes * out_h * out_w
     entries = tf.cast(tf.shape(pixel)[3] * tf.shape(pixel)[4], tf.int64)
     # Only the non-zero entries go into the matrix (zero weights add nothing; the matmul's cost is per entry).
-    # tf.where lists them in row-major order, so rows stay grouped as CSR needs.
-    kept = tf.where(tf.not_equal(tf.reshape(weight, [-1]), 0.0))[:, 0]  # int64 positions in [R * out_h * out_w * entries]
+    # tf.where lists them (int64 positions in [R * out_h * out_w * entries]) in row-major order, so rows stay
+    # grouped as CSR needs.
+    kept = tf.where(tf.not_equal(tf.reshape(weight, [-1]), 0.0))[:, 0]
     pixel = tf.gather(tf.reshape(pixel, [-1]), kept)
     weight = tf.gather(tf.reshape(weight, [-1]), kept)
     indices = tf.stack([kept // entries, tf.cast(pixel, tf.int64)], axis=1)
