@@ -165,8 +165,10 @@ class YOLOConfig:
     ignore_iou: float = 0.5
     trunk_repeats: tuple[int, ...] = (4, 2)  # v1: repeats of the paper's two {1x1, 3x3} conv pairs
     dropout: float = 0.5  # v1: after the first fully connected layer
+    fc_input_channels: int = 0  # v1: 1x1 conv to this many channels before Flatten (0 = none, the paper)
     confidence_target: Literal["iou", "one"] = "iou"  # v1: responsible box's confidence target (paper: IoU)
     neck_filters: int = 128  # v3: neck channels at stride 8, doubled at 16 and 32
+    assign_iou: float = 1.0  # v3: also assign objects to priors with shape IoU above this (1.0 = best only)
     box_loss_weight: float = 1.0  # v3: weights of the GIoU, objectness and class terms
     object_loss_weight: float = 1.0
     class_loss_weight: float = 1.0
