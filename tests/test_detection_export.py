@@ -22,11 +22,17 @@ SIZE = 64
 _TWO_STAGE = {"fpn": True, "min_level": 2, "max_level": 4, "fpn_filters": 8, "anchor_sizes": [8, 16, 32],
               "rpn_filters": 8, "pre_nms_top_n_test": 200, "post_nms_top_n_test": 40, "head_units": 16,
               "canonical_size": 32}
+# test id -> the model section (name and family settings) of a tiny detector.
 FAMILIES = {
-    "ssd": {},
-    "overfeat": {"overfeat": {"scales": [1.0, 0.75]}},
-    "faster_rcnn": {"faster_rcnn": _TWO_STAGE},
-    "mask_rcnn": {"faster_rcnn": _TWO_STAGE, "mask_rcnn": {"roi_size": 7, "convs": 1, "filters": 8}},
+    "ssd": {"name": "ssd"},
+    "overfeat": {"name": "overfeat", "overfeat": {"scales": [1.0, 0.75]}},
+    # An untrained YOLOv1 starts with confidences near 0 (its output layer starts at typical targets).
+    "yolo_v1": {"name": "yolo", "yolo": {"version": "v1", "fc_units": 64},
+                "detection": {"max_detections": 20, "score_threshold": 0.0}},
+    "yolo_v3": {"name": "yolo", "yolo": {"version": "v3"}},
+    "faster_rcnn": {"name": "faster_rcnn", "faster_rcnn": _TWO_STAGE},
+    "mask_rcnn": {"name": "mask_rcnn", "faster_rcnn": _TWO_STAGE,
+                  "mask_rcnn": {"roi_size": 7, "convs": 1, "filters": 8}},
 }
 
 _CLIENT = r"""
@@ -51,7 +57,7 @@ np.savez(f"{work}/outputs.npz", **out)
 
 
 def tiny_config(family: str) -> ExperimentConfig:
-    model = {"name": family, "num_classes": 3, "backbone": {"name": "tiny", "width": 8},
+    model = {"num_classes": 3, "backbone": {"name": "tiny", "width": 8},
              "detection": {"max_detections": 20, "score_threshold": 0.0005}}
     model.update(FAMILIES[family])
     return from_dict(ExperimentConfig, {"data": {"image_size": SIZE}, "model": model})

@@ -446,7 +446,7 @@ def test_build_model_dispatches_on_name(key, model_name):
 
 def test_build_model_errors():
     config = ExperimentConfig(model=dataclasses.replace(CONFIGS["fcn8s"], name="deeplab"))
-    valid = "fast_rcnn, faster_rcnn, fcn, mask_rcnn, overfeat, rcnn, segnet, ssd, unet"
+    valid = "fast_rcnn, faster_rcnn, fcn, mask_rcnn, overfeat, rcnn, segnet, ssd, unet, yolo"
     with pytest.raises(ValueError, match=f"unknown model 'deeplab'; valid models: {valid}"):
         build_model(config)
     config = ExperimentConfig(model=dataclasses.replace(CONFIGS["fcn8s"], backbone=BackboneConfig(name="vgg19")))

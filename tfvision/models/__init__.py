@@ -9,7 +9,7 @@ import importlib
 from tfvision.models.segmentation import build_fcn, build_segnet, build_unet, convert_dense_to_conv
 
 # model.name -> the module under tfvision.models.detection that has build_<name>(model_config, input_shape).
-DETECTORS = ("overfeat", "ssd", "rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn")
+DETECTORS = ("overfeat", "ssd", "yolo", "rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn")
 # The one place a model name becomes a builder.
 _BUILDERS = {"unet": build_unet, "fcn": build_fcn, "segnet": build_segnet}
 # Builders whose models run on any image size: they get input shape (None, None, 3). Others get

@@ -12,6 +12,7 @@ TASKS = {
     "segnet": segmentation,
     "overfeat": detection,
     "ssd": detection,
+    "yolo": detection,
     "faster_rcnn": detection,
     "mask_rcnn": detection,
     "rcnn": region_detection,
