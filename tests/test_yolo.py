@@ -16,6 +16,7 @@ from tfvision.data.coco import load_coco_folder
 from tfvision.data.pipeline import build_input_pipeline
 from tfvision.data.synthetic import make_shapes
 from tfvision.evaluation import coco as coco_eval
+from tfvision.losses.yolo import yolov1_loss
 from tfvision.models.detection import yolo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -347,6 +348,24 @@ def test_build_errors_name_the_problem():
         yolo.build_yolo(_v1_config(), input_shape=(None, None, 3))
     with pytest.raises(tf.errors.InvalidArgumentError, match="num_classes"):
         yolo.make_target_encoder(_v1_config(num_classes=2), 64)(np.ones([1, 1, 4]) * [0, 0, 5, 5], np.array([[3]]))
+
+
+def test_yolov1_class_loss_weight_reaches_the_loss_and_survives_serialization(tmp_path):
+    config = _v1_config()
+    config.yolo.class_loss_weight = 2.5
+    model = yolo.build_yolo(config, input_shape=(64, 64, 3))
+    assert yolo.build_yolo(_v1_config(), input_shape=(64, 64, 3)).class_loss_weight == 1.0  # the paper's
+    encode = yolo.make_target_encoder(config, 64)
+    targets = encode(np.array([[[10, 12, 40, 30], [0, 0, 0, 0]]], np.float32), np.array([[2, -1]], np.int32))
+    targets = {key: value for key, value in targets.items()}
+    raw = model(_images(1, 64, seed=5), training=False)
+    got = model.losses_from(targets, raw)
+    plain = yolov1_loss(targets, raw["grid"], boxes_per_cell=2, num_classes=4)  # class weight 1
+    np.testing.assert_allclose(float(got["class_loss"]), 2.5 * float(plain["class_loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(got["coord_loss"]), float(plain["coord_loss"]), rtol=1e-5)
+    path = str(tmp_path / "v1.keras")
+    model.save(path)
+    assert keras.models.load_model(path).class_loss_weight == 2.5
 
 
 # --- Both: serialization, empty images ---

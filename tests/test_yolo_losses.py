@@ -21,7 +21,8 @@ def _center_iou(a, b):
     return inter / union if union > 0 else 0.0
 
 
-def _yolov1_loss_loop(boxes, mask, class_probs, grid, nb, lambda_coord, lambda_noobj, confidence_target):
+def _yolov1_loss_loop(boxes, mask, class_probs, grid, nb, lambda_coord, lambda_noobj, confidence_target,
+                      class_weight=1.0):
     """The paper's eq. 3, one cell and one predictor at a time."""
     batch, s = grid.shape[:2]
     terms = dict(coord_loss=0.0, object_loss=0.0, noobject_loss=0.0, class_loss=0.0)
@@ -47,7 +48,7 @@ def _yolov1_loss_loop(boxes, mask, class_probs, grid, nb, lambda_coord, lambda_n
                     else:
                         terms["noobject_loss"] += lambda_noobj * c ** 2
                 if has_object:
-                    terms["class_loss"] += float(np.sum((cell[5 * nb:] - class_probs[b, i, j]) ** 2))
+                    terms["class_loss"] += class_weight * float(np.sum((cell[5 * nb:] - class_probs[b, i, j]) ** 2))
     terms = {k: v / batch for k, v in terms.items()}
     terms["loss"] = sum(terms.values())
     return terms
@@ -79,10 +80,16 @@ def test_yolov1_loss_hand_worked_single_cell():
     # Confidence target 1 instead of the IoU: only the object term changes.
     one = yolov1_loss(targets, grid, boxes_per_cell=2, num_classes=2, confidence_target="one")
     np.testing.assert_allclose(float(one["object_loss"]), 0.4**2, rtol=1e-5)
+    # class_weight 3: only the class term changes, to 3 * (0.3^2 + 0.2^2) = 0.39.
+    weighted = yolov1_loss(targets, grid, boxes_per_cell=2, num_classes=2, class_weight=3.0)
+    np.testing.assert_allclose(float(weighted["class_loss"]), 0.39, rtol=1e-5)
+    for key in ("coord_loss", "object_loss", "noobject_loss"):
+        np.testing.assert_allclose(float(weighted[key]), expected[key], rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(float(weighted["loss"]), 0.3615934 + 2 * 0.13, rtol=1e-5)
 
 
-@pytest.mark.parametrize("confidence_target", ["iou", "one"])
-def test_yolov1_loss_matches_numpy_loop(confidence_target):
+@pytest.mark.parametrize("confidence_target,class_weight", [("iou", 1.0), ("one", 1.0), ("iou", 2.5)])
+def test_yolov1_loss_matches_numpy_loop(confidence_target, class_weight):
     rng = np.random.default_rng(3)
     batch, s, nb, k = 3, 3, 2, 4
     mask = (rng.random([batch, s, s]) < 0.4).astype(np.float32)
@@ -93,8 +100,8 @@ def test_yolov1_loss_matches_numpy_loop(confidence_target):
     grid = rng.uniform(-0.2, 1.0, [batch, s, s, nb * 5 + k]).astype(np.float32)  # some negative sqrt(w)
     targets = {"boxes": boxes, "object_mask": mask, "class_probs": class_probs}
     got = yolov1_loss(targets, grid, boxes_per_cell=nb, num_classes=k, lambda_coord=5.0, lambda_noobj=0.5,
-                      confidence_target=confidence_target)
-    want = _yolov1_loss_loop(boxes, mask, class_probs, grid, nb, 5.0, 0.5, confidence_target)
+                      confidence_target=confidence_target, class_weight=class_weight)
+    want = _yolov1_loss_loop(boxes, mask, class_probs, grid, nb, 5.0, 0.5, confidence_target, class_weight)
     for key, value in want.items():
         np.testing.assert_allclose(float(got[key]), value, rtol=1e-4, atol=1e-6, err_msg=key)
 

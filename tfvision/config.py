@@ -171,7 +171,7 @@ class YOLOConfig:
     assign_iou: float = 1.0  # v3: also assign objects to priors with shape IoU above this (1.0 = best only)
     box_loss_weight: float = 1.0  # v3: weights of the GIoU, objectness and class terms
     object_loss_weight: float = 1.0
-    class_loss_weight: float = 1.0
+    class_loss_weight: float = 1.0  # v3, and v1's sum-squared class term (1.0 = the papers)
 
 
 @dataclasses.dataclass

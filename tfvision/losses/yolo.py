@@ -38,7 +38,7 @@ def _cell_iou(pred, target, grid_size):
 
 
 def yolov1_loss(targets, grid, *, boxes_per_cell, num_classes, lambda_coord=5.0, lambda_noobj=0.5,
-                confidence_target="iou") -> dict:
+                confidence_target="iou", class_weight=1.0) -> dict:
     """YOLOv1's sum-squared loss (Redmon et al., 2016, eq. 3).
 
         lambda_coord * sum_obj_ij [(x - x^)^2 + (y - y^)^2 + (sqrt w - sqrt w^)^2 + (sqrt h - sqrt h^)^2]
@@ -48,7 +48,8 @@ def yolov1_loss(targets, grid, *, boxes_per_cell, num_classes, lambda_coord=5.0,
     predictors whose box has the highest IoU with the object (the first on ties). noobj_ij is every other
     predictor, including the others of an object's cell. The confidence target C^ is that IoU (the paper's
     Pr(object) * IoU, held constant) or 1 (`confidence_target="one"`). Summed over the batch, divided by the
-    batch size.
+    batch size. `class_weight` multiplies the class term (1 = the paper): only object cells carry it, so with
+    few objects per image it is a small share of the loss, and a short run learns boxes before classes.
 
     Args:
         targets: `encode_yolov1_targets` output: `boxes` `[B, S, S, 4]` (x, y, w, h), `object_mask`
@@ -59,6 +60,7 @@ def yolov1_loss(targets, grid, *, boxes_per_cell, num_classes, lambda_coord=5.0,
         num_classes: K.
         lambda_coord, lambda_noobj: the paper's weights (5 and 0.5).
         confidence_target: "iou" (the paper) or "one".
+        class_weight: multiplies the class term (the paper: 1).
 
     Returns:
         dict of float32 scalars: `loss` (the sum), `coord_loss`, `object_loss`, `noobject_loss`, `class_loss`.
@@ -92,7 +94,7 @@ def yolov1_loss(targets, grid, *, boxes_per_cell, num_classes, lambda_coord=5.0,
     coord = lambda_coord * tf.reduce_sum(responsible * coord_error) / batch
     obj = tf.reduce_sum(responsible * tf.square(confidence - confidence_goal)) / batch
     noobj = lambda_noobj * tf.reduce_sum((1.0 - responsible) * tf.square(confidence)) / batch
-    cls = tf.reduce_sum(
+    cls = class_weight * tf.reduce_sum(
         has_object * tf.reduce_sum(tf.square(class_probs - tf.cast(targets["class_probs"], tf.float32)), -1)
     ) / batch
     return {
