@@ -18,7 +18,8 @@ def test_the_documented_configs_exist():
     names = {os.path.relpath(p, os.path.join(ROOT, "configs")) for p in CONFIGS}
     shapes = ("unet", "fcn8s", "segnet_unpool", "segnet_transpose", "segnet_tied", "overfeat", "ssd_mobilenet",
               "yolo", "yolov1", "rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn")
-    real = ("voc/fcn8s_vgg16", "voc/yolov1", "coco/ssd300_vgg16", "coco/faster_rcnn_resnet50_fpn", "coco/mask_rcnn_resnet50_fpn")
+    real = ("voc/fcn8s_vgg16", "voc/yolov1", "coco/ssd300_vgg16", "coco/faster_rcnn_resnet50_fpn",
+            "coco/mask_rcnn_resnet50_fpn", "coco/rcnn_vgg16", "coco/fast_rcnn_vgg16")
     assert {f"shapes/{n}.yaml" for n in shapes} | {f"{n}.yaml" for n in real} <= names
 
 
