@@ -21,6 +21,7 @@ LEVEL_CHANNELS = [
     ("vgg16", (64, 128, 256, 512, 512)),
     ("resnet50", (64, 256, 512, 1024, 2048)),
     ("mobilenetv2", (96, 144, 192, 576, 1280)),
+    ("mobilenetv3large", (64, 72, 240, 672, 960)),
 ]
 
 
@@ -124,7 +125,7 @@ def test_vgg16_with_pool_indices_keeps_application_layer_names():
     assert [type(backbone.get_layer(f"block{k}_pool")).__name__ for k in range(1, 6)] == ["MaxPoolingWithArgmax2D"] * 5
 
 
-@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2"])
+@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2", "mobilenetv3large"])
 def test_pool_indices_need_a_pooling_encoder(name):
     with pytest.raises(ValueError, match="strided convolutions.*tiny, vgg16"):
         build_backbone(BackboneConfig(name=name), (64, 64, 3), pool_indices=True)
@@ -137,7 +138,7 @@ def test_encoder_stages_rejects_non_plain_models():
 
 
 def test_unknown_backbone_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown backbone 'vgg19'.*mobilenetv2, resnet50, tiny, vgg16"):
+    with pytest.raises(ValueError, match="unknown backbone 'vgg19'.*mobilenetv2, mobilenetv3large, resnet50, tiny, vgg16"):
         build_backbone(BackboneConfig(name="vgg19"), (64, 64, 3))
 
 
@@ -234,7 +235,10 @@ def test_vgg16_imagenet_weights_are_copied_from_keras_applications(monkeypatch):
                 np.testing.assert_array_equal(actual, expected)
 
 
-@pytest.mark.parametrize("name, constructor", [("resnet50", "ResNet50"), ("mobilenetv2", "MobileNetV2")])
+@pytest.mark.parametrize(
+    "name, constructor",
+    [("resnet50", "ResNet50"), ("mobilenetv2", "MobileNetV2"), ("mobilenetv3large", "MobileNetV3Large")],
+)
 def test_application_imagenet_route_passes_weights(monkeypatch, name, constructor):
     calls = _recording_constructor(monkeypatch, constructor)
     backbone = build_backbone(BackboneConfig(name=name, weights="imagenet"), (32, 32, 3))
@@ -245,3 +249,25 @@ def test_application_imagenet_route_passes_weights(monkeypatch, name, constructo
     assert kwargs["input_tensor"] is backbone.get_layer("normalize").output
     last = application.layers[-1]
     assert backbone.get_layer(last.name) is last
+
+
+def test_mobilenetv3large_equals_the_application_with_its_own_preprocessing():
+    # The backbone switches the application's Rescaling off and normalizes in "normalize" instead: with the
+    # same weights, its last level must be the application's output on the raw pixels.
+    backbone = build_backbone(BackboneConfig(name="mobilenetv3large"), (64, 64, 3))
+    application = keras.applications.MobileNetV3Large(
+        input_shape=(64, 64, 3), include_top=False, weights=None, include_preprocessing=True
+    )
+    ours = [layer for layer in backbone.layers if layer.weights]
+    theirs = [layer for layer in application.layers if layer.weights]
+    assert [layer.name for layer in ours] == [layer.name for layer in theirs]
+    for source, target in zip(ours, theirs, strict=True):
+        target.set_weights(source.get_weights())
+    images = _images((2, 64, 64, 3))
+    np.testing.assert_allclose(
+        np.asarray(backbone(images)["level5"]), np.asarray(application(images)), rtol=1e-4, atol=1e-4
+    )
+    # Level 4 is the hard-swish of block 12's expansion (torchvision's SSDLite "C4"): 672 channels at stride 16.
+    expand_bn = keras.Model(backbone.input, backbone.get_layer("expanded_conv_12_expand_bn").output)(images)
+    expected = np.asarray(expand_bn) * np.clip(np.asarray(expand_bn) + 3.0, 0.0, 6.0) / 6.0
+    np.testing.assert_allclose(np.asarray(backbone(images)["level4"]), expected, rtol=1e-4, atol=1e-4)

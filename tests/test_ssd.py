@@ -76,14 +76,16 @@ def test_ssd300_vgg16_has_exactly_8732_default_boxes_and_rows():
     assert gamma.shape == (512,) and np.all(gamma == 20.0)
 
 
-def test_ssdlite320_mobilenetv2_builds():
-    model = build_ssd(config("mobilenetv2", head="separable"), (320, 320, 3))
+@pytest.mark.parametrize("backbone, c4_channels", [("mobilenetv2", 576), ("mobilenetv3large", 672)])
+def test_ssdlite320_builds(backbone, c4_channels):
+    model = build_ssd(config(backbone, head="separable"), (320, 320, 3))
     spec = anchor_ops.SSDLITE320_MOBILENET_V3
     assert model.anchors().shape == (3234, 4)
     np.testing.assert_allclose(model.anchors().numpy(), spec.default_boxes().numpy())
     network = model.network
     sizes = [network.get_layer(f"box_head{k}_dw").output.shape[1] for k in range(1, 7)]
     assert sizes == [20, 10, 5, 3, 2, 1]
+    assert network.get_layer("box_head1_dw").input.shape[-1] == c4_channels
     assert isinstance(network.get_layer("extra1_dw"), keras.layers.DepthwiseConv2D)
     assert isinstance(network.get_layer("class_head1_dw"), keras.layers.DepthwiseConv2D)
     raw = model(np.zeros((1, 320, 320, 3), np.float32))

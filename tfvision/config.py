@@ -65,7 +65,8 @@ class DataConfig:
 @dataclasses.dataclass
 class BackboneConfig:
     """A feature extractor: `tiny` (a small VGG-style net for tests and shapes) or a keras.applications
-    network (`vgg16`, `resnet50`, `mobilenetv2`) with `weights` `imagenet`, `none` or a weights file path."""
+    network (`vgg16`, `resnet50`, `mobilenetv2`, `mobilenetv3large`) with `weights` `imagenet`, `none` or a
+    weights file path."""
 
     name: str = "tiny"
     weights: str = "none"

@@ -1,4 +1,5 @@
-"""Feature extractors with multi-level outputs: keras.applications VGG16, ResNet50, MobileNetV2, and `tiny`.
+"""Feature extractors with multi-level outputs: keras.applications VGG16, ResNet50, MobileNetV2,
+MobileNetV3Large, and `tiny`.
 
 `build_backbone(config, input_shape)` returns a functional `keras.Model` named "backbone" (the trainer finds
 it by that name to freeze it). It takes float32 images `[B, H, W, 3]` with pixel values 0..255, normalizes
@@ -14,13 +15,16 @@ them in the graph as the network was trained (its first layer, "normalize"), and
 |             | conv4_block6_out, conv5_block3_out                         |                          |           |
 | mobilenetv2 | block_1_expand_relu, block_3_expand_relu,                  | 96, 144, 192, 576, 1280  | tf        |
 |             | block_6_expand_relu, block_13_expand_relu, out_relu        |                          |           |
+| mobilenetv3large | the expansion activations of expanded_conv_1, _3, _6, | 64, 72, 240, 672, 960    | tf        |
+|             | _12 (inputs of their depthwise_pad), the last layer        |                          |           |
 
 (w = `config.width`; caffe = RGB to BGR, minus the ImageNet mean; tf = x / 127.5 - 1: the modes of
 `keras.applications.imagenet_utils.preprocess_input` that each network was trained with.)
 
 Sizes: tiny and vgg16 pool with 2x2 'valid' max pools, so level k has floor(H / 2**k) rows; resnet50 and
-mobilenetv2 downsample with 'same' strided convolutions (ceil(H / 2**k)). Both are exact when H and W are
-divisible by 32. The smallest useful input is 32 x 32.
+mobilenetv2 / mobilenetv3large downsample with 'same' strided convolutions (ceil(H / 2**k)). Both are exact when H and W are
+divisible by 32. The MobileNet levels are each stride's expansion activation at the block that leaves it (what
+SSDLite taps: for mobilenetv3large level 4 is torchvision's "C4"), and the last layer. The smallest useful input is 32 x 32.
 
 `tiny` is VGG-style: five blocks of (3x3 conv without bias, BatchNorm, ReLU) x 2 then a 2x2 max pool. The
 BatchNorm is why it trains from scratch in a few epochs on 64-128 px shapes.
@@ -32,7 +36,7 @@ the dict also holds, for k = 1..5:
     "indices{k}": int64 `[B, H / 2**k, W / 2**k, C_k]`, where pool k took each maximum (flat NHWC positions);
     "prepool{k}": `[B, H / 2**(k-1), W / 2**(k-1), C_k]`, the stage output that pool k consumed.
 
-resnet50 and mobilenetv2 downsample with strided convolutions, not pools: they have no indices, and asking
+resnet50 and the MobileNets downsample with strided convolutions, not pools: they have no indices, and asking
 for them is an error. The rebuilt vgg16 keeps keras.applications' layer names and order, so its weights are
 the application's.
 
@@ -42,7 +46,7 @@ Weights (`config.weights`):
   ~/.keras/models; on a machine without internet copy the `*_notop.h5` file there first, or pass its path).
 - any other string: a file path, loaded with `backbone.load_weights(path)`. Either a file written by
   `backbone.save_weights("x.weights.h5")` (e.g. `model.get_layer("backbone").save_weights(...)` after a
-  tfvision run), or for vgg16 / resnet50 / mobilenetv2 Keras' own ImageNet `*_notop.h5` file: the backbone
+  tfvision run), or for the keras.applications networks Keras' own ImageNet `*_notop.h5` file: the backbone
   holds the application's weighted layers in the application's order, which is what that format matches.
 """
 
@@ -57,18 +61,19 @@ import numpy as np
 from tfvision.layers import MaxPoolingWithArgmax2D
 from tfvision.layers.batch_norm import batch_norm
 
-BACKBONES = ("mobilenetv2", "resnet50", "tiny", "vgg16")
+BACKBONES = ("mobilenetv2", "mobilenetv3large", "resnet50", "tiny", "vgg16")
 # Encoders made of conv stages each ended by a max pool: the only ones with pooling indices to unpool with.
 POOLING_BACKBONES = ("tiny", "vgg16")
 NUM_LEVELS = 5
 
 # Per keras.applications network: (constructor name in keras.applications, normalization mode, the layers
-# whose outputs are levels 1..5).
+# whose outputs are levels 1..5 ("name:input": that layer's input), extra constructor arguments).
 _APPLICATIONS = {
     "resnet50": (
         "ResNet50",
         "caffe",
         ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+        {},
     ),
     "mobilenetv2": (
         "MobileNetV2",
@@ -80,6 +85,19 @@ _APPLICATIONS = {
             "block_13_expand_relu",
             "out_relu",
         ),
+        {},
+    ),
+    "mobilenetv3large": (
+        "MobileNetV3Large",
+        "tf",  # the application's own preprocessing (x / 127.5 - 1) is switched off: "normalize" does it
+        (
+            "expanded_conv_1_depthwise_pad:input",
+            "expanded_conv_3_depthwise_pad:input",
+            "expanded_conv_6_depthwise_pad:input",
+            "expanded_conv_12_depthwise_pad:input",
+            None,  # the network's last layer (the 1x1 convolution to 960 channels, BatchNorm, hard-swish)
+        ),
+        {"include_preprocessing": False},
     ),
 }
 # keras.applications.VGG16's convolutions per block and filters per block.
@@ -256,17 +274,27 @@ def _application(constructor_name):
 
 def _build_application(name, input_shape, weights):
     """Normalization layer, then the keras.applications network built on its output (one flat model)."""
-    constructor, mode, level_layers = _APPLICATIONS[name]
+    constructor, mode, level_layers, extra_arguments = _APPLICATIONS[name]
     inputs = keras.Input(input_shape, name="images")
     normalized = ImageNormalization(mode, name="normalize")(inputs)
     # Built on `input_tensor`, the application's layers join this graph, so the backbone is flat and holds
     # the application's weighted layers in order (what Keras' *_notop.h5 files are matched against).
     # A weights file is loaded afterwards into the whole backbone (see `build_backbone`), not here.
     network = _application(constructor)(
-        include_top=False, weights="imagenet" if weights == "imagenet" else None, input_tensor=normalized
+        include_top=False, weights="imagenet" if weights == "imagenet" else None, input_tensor=normalized,
+        **extra_arguments,
     )
-    outputs = {f"level{k}": network.get_layer(layer).output for k, layer in enumerate(level_layers, start=1)}
+    outputs = {f"level{k}": _tap(network, layer) for k, layer in enumerate(level_layers, start=1)}
     return keras.Model(inputs, outputs, name="backbone")
+
+
+def _tap(network, layer):
+    """The tensor a level is taken from: a layer's output, "name:input" its input, None the network's output."""
+    if layer is None:
+        return network.output
+    if layer.endswith(":input"):
+        return network.get_layer(layer.removesuffix(":input")).input
+    return network.get_layer(layer).output
 
 
 def _build_plain(name, width, input_shape, pool_indices, weights):

@@ -13,11 +13,14 @@ entropy with 3:1 hard negative mining plus smooth L1 on the positives). Variants
   bottleneck, then 3x3 stride 2 twice, then 3x3 'valid' twice): maps 38, 19, 10, 5, 3, 1 and default boxes
   `ops.anchors.SSD300_VGG16`, 8732 in all. fc6 and fc7 start random (the paper subsamples VGG's fully connected
   weights into them; keras.applications' notop weights have no fully connected layers).
-- mobilenetv2, SSDLite320 at 320 px (Sandler et al., 2018): MobileNetV2's block 13 expansion (stride 16,
-  20 x 20, 576 channels) and its last layer (stride 32, 10 x 10, 1280), then SSDLite extra blocks (1x1,
-  depthwise 3x3 stride 2, 1x1; 512, 256, 256, 128 channels): maps 20, 10, 5, 3, 2, 1 and the default boxes of
-  `ops.anchors.SSDLITE320_MOBILENET_V3` (6 per location, 3234). Set `model.ssd.head: separable` for SSDLite's
-  heads.
+- mobilenetv2 or mobilenetv3large, SSDLite320 at 320 px (Sandler et al., 2018; Howard et al., 2019): the
+  backbone's level 4, the expansion of the block that leaves stride 16 (20 x 20; 576 channels for MobileNetV2's
+  block 13, 672 for MobileNetV3-Large's "C4"), and its last layer (stride 32, 10 x 10; 1280 / 960 channels),
+  then SSDLite extra blocks (1x1, depthwise 3x3 stride 2, 1x1; 512, 256, 256, 128 channels): maps 20, 10, 5,
+  3, 2, 1 and the default boxes of `ops.anchors.SSDLITE320_MOBILENET_V3` (6 per location, 3234). Set
+  `model.ssd.head: separable` for SSDLite's heads. mobilenetv3large is torchvision's
+  `ssdlite320_mobilenet_v3_large` with the full tail (torchvision halves the last stage's channels when it
+  starts without ImageNet weights).
 - tiny: levels 3, 4 and 5 of the tiny backbone (strides 8, 16, 32), then (1x1, 3x3 stride 2) extra blocks with
   BatchNorm until the map is 1 x 1.
 
@@ -56,7 +59,9 @@ from tfvision.losses.detection import multibox_loss
 from tfvision.models.detection.detector import Detector
 from tfvision.ops import anchors as anchor_ops
 
-BACKBONES = ("tiny", "vgg16", "mobilenetv2")
+BACKBONES = ("tiny", "vgg16", "mobilenetv2", "mobilenetv3large")
+# The backbones SSDLite is built on: MobileNet levels 4 and 5, SSDLite extra blocks and aspect ratios.
+_SSDLITE_BACKBONES = ("mobilenetv2", "mobilenetv3large")
 # keras.applications.VGG16's blocks: (filters, convolutions); the same layer names, so its weights copy over.
 _VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 # SSD300's extra layers: (bottleneck, output) channels; further layers repeat the last.
@@ -67,6 +72,7 @@ _SSDLITE_EXTRAS = (512, 256, 256, 128)
 _NAMED_SPECS = {
     ("vgg16", (300, 300)): anchor_ops.SSD300_VGG16,
     ("mobilenetv2", (320, 320)): anchor_ops.SSDLITE320_MOBILENET_V3,
+    ("mobilenetv3large", (320, 320)): anchor_ops.SSDLITE320_MOBILENET_V3,
 }
 
 
@@ -297,7 +303,7 @@ def ssd_box_spec(model_config, image_size) -> anchor_ops.SSDBoxSpec:
 def _default_aspect_ratios(name, num_maps):
     if name == "vgg16":  # SSD300's: 4 boxes on the first and the last two maps, 6 in between
         return tuple((2.0,) if k == 0 or k >= 4 else (2.0, 3.0) for k in range(num_maps))
-    if name == "mobilenetv2":  # SSDLite's: 6 everywhere
+    if name in _SSDLITE_BACKBONES:  # SSDLite's: 6 everywhere
         return ((2.0, 3.0),) * num_maps
     return ((2.0,),) * num_maps
 
@@ -331,7 +337,7 @@ def _plan(name, image_size):
         base = [tuple(conv4), tuple(s // 2 for s in conv4)]
     elif name == "tiny":  # 2x2 'valid' max pools: floor
         base = [tuple(s // 2**k for s in (height, width)) for k in (3, 4, 5)]
-    else:  # mobilenetv2: stride-2 convolutions padded as 'same': ceil
+    else:  # the MobileNets: stride-2 convolutions padded as 'same': ceil
         base = [tuple(math.ceil(s / 2**k) for s in (height, width)) for k in (4, 5)]
     extras = []
     size = base[-1]
@@ -379,7 +385,7 @@ def _extra_filters(name, k, extra_filters, backbone_config):
         return max(filters // 2, 1), filters
     if name == "vgg16":
         return _VGG16_EXTRAS[min(k, len(_VGG16_EXTRAS)) - 1]
-    if name == "mobilenetv2":
+    if name in _SSDLITE_BACKBONES:
         out = _SSDLITE_EXTRAS[min(k, len(_SSDLITE_EXTRAS)) - 1]
         return out // 2, out
     out = 8 * backbone_config.width  # tiny: the channels of its level 5
@@ -395,7 +401,7 @@ def _extra_block(x, name, kind, filters, prefix):
         return keras.layers.Conv2D(
             out, 3, strides=strides, padding=padding, activation="relu", name=f"{prefix}_conv2"
         )(x)
-    if name == "mobilenetv2":  # SSDLite's: 1x1, depthwise 3x3, 1x1, each with BatchNorm and ReLU6
+    if name in _SSDLITE_BACKBONES:  # SSDLite's: 1x1, depthwise 3x3, 1x1, each with BatchNorm and ReLU6
         x = keras.layers.Conv2D(bottleneck, 1, use_bias=False, name=f"{prefix}_conv1")(x)
         x = batch_norm(f"{prefix}_bn1")(x)
         x = keras.layers.ReLU(6.0, name=f"{prefix}_relu1")(x)
