@@ -4,6 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo
+# The benchmarks' reference: torchvision, measured in the same run, from its own environment (never a
+# dependency of tfvision). These releases are the CPU-runnable pair the machine's package index serves.
+TORCH_VENV := .bench-venv-torch
+TORCH_STAMP := $(TORCH_VENV)/.installed-stamp
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1 numpy
 # TensorFlow's C++ start-up notices (CUDA probing, oneDNN) are noise in the demo's output.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -34,8 +39,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-bench: $(STAMP)
+$(TORCH_STAMP):
+	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install --quiet $(TORCH_PINS)
+	touch $(TORCH_STAMP)
+
+bench: $(STAMP) $(TORCH_STAMP)
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(TORCH_VENV) $(DEMO_DIR) .pytest_cache

@@ -72,3 +72,28 @@ def load_average() -> str:
         return " / ".join(f"{v:.1f}" for v in os.getloadavg())
     except OSError:
         return "?"
+
+
+TORCH_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".bench-venv-torch", "bin",
+                            "python")
+
+
+def torch_reference(group: str) -> tuple[dict, str]:
+    """torchvision's figures for `group` (bench/torch_reference.py), measured now, in the torch environment.
+
+    Returns (name -> median ms, a sentence for the report). Without the environment (`make bench` creates it;
+    TFVISION_BENCH_TORCH_PYTHON names another interpreter) the dict is empty and the sentence says why.
+    """
+    import json
+
+    python = os.environ.get("TFVISION_BENCH_TORCH_PYTHON", TORCH_PYTHON)
+    if not os.path.exists(python):
+        return {}, f"torchvision not measured: no torch environment at {python} (`make bench` creates it)."
+    command = [python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py"), group]
+    result = subprocess.run(command + (["--quick"] if quick() else []), capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    versions = figures.pop("versions")
+    return figures, (f"torchvision figures measured in this run, just before tfvision's ({versions}, "
+                     "bench/torch_reference.py, 2 threads).")

@@ -1,20 +1,23 @@
 """Speed of tfvision's single-stage detectors and of NMS alone, on CPU.
 
-NMS alone: N random boxes in a 1024x1024 image (corner uniform in [0, 896], width and height uniform in
-[16, 128]), uniform scores, class ids uniform in 0..79, IoU 0.5, no score threshold, every survivor kept: the
-recipe of the torchvision measurements on this machine (`torchvision.ops.batched_nms`: 1.06 ms at N=1,000 and
-10.98 ms at N=10,000, quoted beside ours). Rows:
+NMS alone: `bench_inputs.nms_inputs(N)`, N random boxes in a 1024x1024 image (corner uniform in [0, 896],
+width and height uniform in [16, 128]), uniform scores, class ids uniform in 0..79, IoU 0.5, no score
+threshold, every survivor kept. Rows:
   * `ops.nms.batched_nms` (exact greedy, class-aware), called eagerly as a user would;
   * `ops.nms.padded_batched_nms` with per-class scores `[1, N, 80]` in a `tf.function` (what `DetectionDecoder`
     runs inside `model.predict` and exports: every (box, class) pair above the threshold is a candidate; here
     one non-zero score per box, the same work);
-  * `tf.image.combined_non_max_suppression` on the same boxes, TensorFlow's own batched NMS, for reference.
+  * `tf.image.combined_non_max_suppression` on the same boxes, TensorFlow's own batched NMS, for reference;
+  beside `torchvision.ops.batched_nms` on the same boxes, measured in the same run (bench/torch_reference.py).
 
 Detectors (random weights, 80 classes as COCO, `DetectionDecoder` defaults: score threshold 0.05, NMS 0.5,
-100 detections): `model.detect` (network + decode + NMS, the graph `model.predict` and an export run) inside a
-`tf.function`, batch 1 and 8, images per second. SSD300-VGG16, SSDLite320-MobileNetV2, and the YOLO conv head
-(v3 style) at 416 on MobileNetV2. Random weights give near-uniform scores, so every anchor and class passes
-the 0.05 threshold and NMS works on its largest input (top 1,000 pre-NMS candidates): the slow case.
+100 detections; the SSD rows use torchvision's test settings instead): `model.detect` (network + decode +
+NMS, the graph `model.predict` and an export run) inside a `tf.function`, batch 1 and 8, images per second.
+SSD300-VGG16, SSDLite320 on MobileNetV3-Large (torchvision's `ssdlite320_mobilenet_v3_large`, full tail) and
+on MobileNetV2, and the YOLO conv head (v3 style) at 416 on MobileNetV2. Random weights give near-uniform
+scores, so every anchor and class passes the threshold and NMS works on its largest input (top 1,000
+pre-NMS candidates): the slow case. torchvision's `ssd300_vgg16` and `ssdlite320_mobilenet_v3_large` (batch
+1) are measured in the same run, before tfvision's rows.
 
 Timing: default TF threading, one untimed warm-up call, medians of timed calls; the 2 cores are shared.
 
@@ -31,39 +34,36 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_inputs  # noqa: E402
 import benchutil  # noqa: E402
 
 NUM_CLASSES = 80
 IMAGE = 1024.0
-TORCHVISION_BATCHED_NMS_MS = {1000: 1.06, 10000: 10.98}
 # label -> (model.name, backbone, input size, family options)
 # The SSD rows use torchvision's test settings (score threshold, detections kept).
 DETECTORS = {
     "SSD300-VGG16": ("ssd", "vgg16", 300, {"detection": {"score_threshold": 0.01, "max_detections": 200}}),
+    "SSDLite320-MobileNetV3-Large": ("ssd", "mobilenetv3large", 320, {"ssd": {"head": "separable"},
+                                                                      "detection": {"score_threshold": 0.001,
+                                                                                    "max_detections": 300}}),
     "SSDLite320-MobileNetV2": ("ssd", "mobilenetv2", 320, {"ssd": {"head": "separable"},
                                                            "detection": {"score_threshold": 0.001,
                                                                          "max_detections": 300}}),
     "YOLO conv head (v3), MobileNetV2": ("yolo", "mobilenetv2", 416, {"yolo": {"version": "v3"}}),
 }
-# torchvision 0.29.1 on this machine, batch 1, ms/img (ssdlite320 is its MobileNetV3-Large variant).
-TORCHVISION_MS = {"SSD300-VGG16": 462.0, "SSDLite320-MobileNetV2": 44.4}
+# Our row -> the torchvision model of the same architecture (bench/torch_reference.py "ssd" names).
+TORCHVISION_SAME = {"SSD300-VGG16": "ssd300_vgg16",
+                    "SSDLite320-MobileNetV3-Large": "ssdlite320_mobilenet_v3_large full tail"}
 TARGET_SPEEDUP = 1.2
 
 
 def nms_inputs(n, num_classes=NUM_CLASSES, seed=0):
-    """yxyx float32 boxes, scores and class ids, the torchvision bench's recipe (see the module docstring)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, IMAGE - 128, (n, 2))
-    wh = rng.uniform(16, 128, (n, 2))
-    xyxy = np.concatenate([xy, xy + wh], 1).astype(np.float32)
-    scores = rng.uniform(0, 1, n).astype(np.float32)
-    classes = rng.integers(0, num_classes, n).astype(np.int32)
-    return np.ascontiguousarray(xyxy[:, [1, 0, 3, 2]]), scores, classes
+    """`bench_inputs.nms_inputs` (the boxes torchvision gets) as yxyx float32 boxes, scores, int32 class ids."""
+    boxes, scores, classes = bench_inputs.nms_inputs(n, num_classes, seed)
+    return bench_inputs.xyxy_to_yxyx(boxes), scores, classes.astype("int32")
 
 
-def bench_nms() -> list[dict]:
+def bench_nms(torch_ms: dict) -> list[dict]:
     import numpy as np
     import tensorflow as tf
 
@@ -93,7 +93,7 @@ def bench_nms() -> list[dict]:
                           ("tf.image.combined_non_max_suppression", combined_fn)):
             times = benchutil.repeat_timed(fn, repeats=20 if n <= 1000 else 10)
             rows.append({"op": label, "n": n, "ms": 1000 * benchutil.median(times), "best": 1000 * min(times),
-                         "kept": kept, "torchvision": TORCHVISION_BATCHED_NMS_MS.get(n, "")})
+                         "kept": kept, "torchvision": torch_ms.get(f"batched_nms {n}", "")})
     return rows
 
 
@@ -117,7 +117,7 @@ def build_detector(label, precision="float32"):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def bench_detectors() -> list[dict]:
+def bench_detectors(torch_ms: dict) -> list[dict]:
     import numpy as np
     import tensorflow as tf
 
@@ -130,13 +130,15 @@ def bench_detectors() -> list[dict]:
                 images = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)), tf.float32)
                 times = benchutil.repeat_timed(lambda: detect(images), repeats=10 if batch == 1 else 5)
                 median = benchutil.median(times)
-                torch_ms = TORCHVISION_MS.get(label, "") if batch == 1 else ""
+                # torchvision's figures are float32 at batch 1: compared with ours at the same.
+                compared = batch == 1 and precision == "float32"
+                same = torch_ms.get(TORCHVISION_SAME.get(label), "") if compared else ""
                 rows.append({
                     "model": label + ("" if precision == "float32" else ", bfloat16"), "size": f"{size}x{size}",
                     "batch": batch, "ms_img": 1000 * median / batch, "ips": batch / median,
                     "anchors": int(model.decode_predictions(model(images[:1]))[1].shape[1]),
-                    "torchvision": torch_ms, "speedup": torch_ms / (1000 * median) if torch_ms else "",
-                    "target": torch_ms / TARGET_SPEEDUP if torch_ms else "",
+                    "torchvision": same, "speedup": same / (1000 * median) if same else "",
+                    "target": same / TARGET_SPEEDUP if same else "",
                 })
             del model, detect
     return rows
@@ -148,6 +150,7 @@ def main() -> int:
     parser.add_argument("--skip-models", action="store_true", help="only NMS")
     args = parser.parse_args()
     info = benchutil.machine_info()
+    nms_torch, nms_note = benchutil.torch_reference("nms")
     lines = [
         "## Detection: NMS and single-stage detectors (`bench/detection.py`)",
         "",
@@ -156,26 +159,36 @@ def main() -> int:
         "",
         "### NMS alone (80 classes, IoU 0.5, every survivor kept)",
         "",
-        benchutil.md_table(bench_nms(), [("op", "op", ""), ("N", "n", ""), ("median ms", "ms", "{:.2f}"),
+        nms_note,
+        "",
+        benchutil.md_table(bench_nms(nms_torch), [("op", "op", ""), ("N", "n", ""), ("median ms", "ms", "{:.2f}"),
                                          ("best ms", "best", "{:.2f}"), ("kept", "kept", ""),
-                                         ("torchvision batched_nms ms", "torchvision", "")]),
+                                         ("torchvision batched_nms ms", "torchvision", "{:.2f}")]),
     ]
     if not args.skip_models:
+        ssd_torch, ssd_note = benchutil.torch_reference("ssd")
         lines += [
             "",
             "### Detectors: `model.detect` (network + decode + NMS), random weights, 80 classes",
             "",
-            benchutil.md_table(bench_detectors(), [
+            ssd_note,
+            "",
+            benchutil.md_table(bench_detectors(ssd_torch), [
                 ("model", "model", ""), ("input", "size", ""), ("batch", "batch", ""),
                 ("median ms/img", "ms_img", "{:.1f}"), ("images/s", "ips", "{:.2f}"), ("anchors", "anchors", ""),
                 ("torchvision ms/img", "torchvision", "{:.1f}"), ("torchvision / ours", "speedup", "{:.2f}x"),
                 ("1.2x target ms", "target", "{:.0f}"),
             ]),
             "",
-            f"load average {benchutil.load_average()}. torchvision: `ssd300_vgg16` and `ssdlite320_mobilenet_v3_large` "
-            "(MobileNetV3-Large, where tfvision's SSDLite uses MobileNetV2), batch 1, 2 threads, idle machine. "
-            "bfloat16 rows: Keras' `mixed_bfloat16` policy (bfloat16 compute on the CPU's AMX-BF16 units, float32 "
-            "variables and outputs); torchvision's figures are float32.",
+            f"load average {benchutil.load_average()}. torchvision columns: the torchvision model of the same "
+            "architecture and input (`ssd300_vgg16`; `ssdlite320_mobilenet_v3_large` with MobileNetV3-Large's full "
+            "last stage, as tfvision's mobilenetv3large). torchvision builds that model without ImageNet weights "
+            "with a halved last stage (its \"reduced tail\"): "
+            + (f"{ssd_torch['ssdlite320_mobilenet_v3_large']:.1f} ms/img in this run. "
+               if "ssdlite320_mobilenet_v3_large" in ssd_torch else "")
+            + "torchvision has no MobileNetV2 SSDLite. bfloat16 rows: Keras' `mixed_bfloat16` policy (bfloat16 "
+            "compute on the CPU's AMX-BF16 units, float32 variables and outputs); torchvision's figures are "
+            "float32.",
         ]
     text = "\n".join(lines) + "\n"
     if args.out:

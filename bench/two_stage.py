@@ -1,11 +1,11 @@
 """Speed of tfvision's two-stage detectors and of their ROI ops on CPU, beside torchvision on this machine.
 
-ROI ops: the recipe of the torchvision measurements on this machine: one
-64x64 feature map of 256 channels from a standard normal (ours NHWC `[1, 64, 64, 256]`), K = 512 and 2,000
-boxes in feature pixels (corner uniform in [0, 48], sides uniform in [2, 16], seed 1; xyxy there, yxyx here),
-spatial_scale 1, 7x7 output: `ops.roi.roi_align` with sampling_ratio 2 and 0 (adaptive), aligned=True, and
-`ops.roi.roi_pool`, each in a `tf.function`. torchvision's medians (`torchvision.ops`, 2 threads, idle
-machine, torchvision 0.29.1) are quoted beside ours, with the ratio torchvision / ours.
+ROI ops (`bench_inputs`, the same inputs for both sides): one 64x64 feature map of 256 channels from a
+standard normal (ours NHWC `[1, 64, 64, 256]`, torchvision's NCHW), K = 512 and 2,000 boxes in feature pixels
+(corner uniform in [0, 48], sides uniform in [2, 16], seed 1; xyxy there, yxyx here), spatial_scale 1, 7x7
+output: `ops.roi.roi_align` with sampling_ratio 2 and 0 (adaptive), aligned=True, and `ops.roi.roi_pool`,
+each in a `tf.function`, beside `torchvision.ops.roi_align` / `roi_pool` measured in the same run
+(bench/torch_reference.py, 2 threads), with the ratio torchvision / ours.
 
 R-CNN vs Fast R-CNN vs Faster R-CNN: the same ResNet50 (random weights) cut at level 4 (stride 16, 1024
 channels), 512x512 input, batch 1, 80 classes, the same head (7x7x1024 region features -> two fully
@@ -33,10 +33,10 @@ on the random weights (torchvision's kept 100 per image; "dets/img" says how man
 threshold 0 (always 100 detections, masks for all 100) are beside torchvision's `@thresh0` rows. The
 "bfloat16" rows build the same models under Keras' `mixed_bfloat16` policy (bfloat16 convolutions and matmuls,
 float32 variables and outputs), which this CPU runs on its AMX-BF16 units; torchvision's figures are float32.
+torchvision's two models are measured in the same run, just before tfvision's (bench/torch_reference.py).
 
 Timing: default TF threading, one untimed warm-up call, medians of timed calls. The 2 cores are shared with
-other users: the load average (`uptime`) is printed with every table, and torchvision's figures were taken
-on an idle machine.
+other users: the load average (`uptime`) is printed with every table.
 
 Usage: python bench/two_stage.py [--out FILE] [--skip-models] [--skip-fpn]
 BENCH_QUICK=1: a smoke run (tiny inputs, few boxes; numbers meaningless).
@@ -52,43 +52,29 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_inputs  # noqa: E402
 import benchutil  # noqa: E402
 
 NUM_CLASSES = 80
-# torchvision 0.29.1 on this machine (2 threads, idle, median ms).
-TORCHVISION_OPS_MS = {
-    ("roi_align sr=2", 512): 53.982, ("roi_align sr=2", 2000): 236.459,
-    ("roi_align sr=0", 512): 46.047, ("roi_align sr=0", 2000): 202.878,
-    ("roi_pool", 512): 61.570, ("roi_pool", 2000): 286.094,
-}
-TORCHVISION_MODEL_MS = {
-    "faster_rcnn": 701.6, "mask_rcnn": 1644.7, "faster_rcnn@0": 729.0, "mask_rcnn@0": 1779.7,
-}
 TARGET_SPEEDUP = {"ops": 4.0, "models": 1.2}
 
 
 def roi_boxes(k, seed=1, feature_size=64):
-    """boxgen.roi_boxes (torchvision's bench inputs) as yxyx: corner uniform in [0, 48], sides in [2, 16]."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, feature_size - 16, (k, 2))
-    wh = rng.uniform(2, 16, (k, 2))
-    xyxy = np.concatenate([xy, xy + wh], 1).astype(np.float32)
-    return np.ascontiguousarray(xyxy[:, [1, 0, 3, 2]])
+    """`bench_inputs.roi_boxes` (the boxes torchvision gets) as yxyx."""
+    return bench_inputs.xyxy_to_yxyx(bench_inputs.roi_boxes(k, seed, feature_size))
 
 
 # --- ROI ops ---
 
 
-def bench_roi_ops() -> list[dict]:
+def bench_roi_ops(torch_ms: dict) -> list[dict]:
     import numpy as np
     import tensorflow as tf
 
     from tfvision.ops import roi
 
     size, channels = (16, 32) if benchutil.quick() else (64, 256)
-    features = tf.constant(np.random.default_rng(0).standard_normal((1, size, size, channels)).astype(np.float32))
+    features = tf.constant(bench_inputs.roi_features(channels, size))
     rows = []
     for k in (32, 64) if benchutil.quick() else (512, 2000):
         boxes = tf.constant(roi_boxes(k) * (size / 64))
@@ -101,9 +87,9 @@ def bench_roi_ops() -> list[dict]:
         for label, fn in ops.items():
             times = benchutil.repeat_timed(fn, repeats=30 if k <= 512 else 10, warmup=2)
             ms = 1000 * benchutil.median(times)
-            torch_ms = TORCHVISION_OPS_MS.get((label, k), "")
-            rows.append({"op": label, "k": k, "ms": ms, "best": 1000 * min(times), "torchvision": torch_ms,
-                         "speedup": torch_ms / ms if torch_ms else ""})
+            theirs = torch_ms.get(f"{label} {k}", "")
+            rows.append({"op": label, "k": k, "ms": ms, "best": 1000 * min(times), "torchvision": theirs,
+                         "speedup": theirs / ms if theirs else ""})
     return rows
 
 
@@ -210,7 +196,7 @@ def fpn_config(name, size, score_threshold):
     return from_dict(ExperimentConfig, config)
 
 
-def bench_fpn_models() -> list[dict]:
+def bench_fpn_models(torch_ms: dict) -> list[dict]:
     import keras
     import numpy as np
     import tensorflow as tf
@@ -253,11 +239,12 @@ def bench_fpn_models() -> list[dict]:
             times = benchutil.repeat_timed(lambda: detect(images), repeats=8 if name == "faster_rcnn" else 5, warmup=1)
             ms = 1000 * benchutil.median(times)
             key = name + ("@0" if threshold == 0.0 else "")
-            torch_ms = TORCHVISION_MODEL_MS[key] if (name == "faster_rcnn" or paste) else ""
+            # torchvision's Mask R-CNN pastes its masks at image size, so it compares with the pasting rows.
+            theirs = torch_ms.get(key, "") if (name == "faster_rcnn" or paste) and precision == "float32" else ""
             rows.append({"model": label, "what": what, "threshold": threshold, "ms": ms, "best": 1000 * min(times),
                          "ips": 1000 / ms, "first": first, "dets": int(detections["num_detections"][0]),
-                         "torchvision": torch_ms, "speedup": torch_ms / ms if torch_ms else "",
-                         "target": torch_ms / TARGET_SPEEDUP["models"] if torch_ms else ""})
+                         "torchvision": theirs, "speedup": theirs / ms if theirs else "",
+                         "target": theirs / TARGET_SPEEDUP["models"] if theirs else ""})
         del model
     return rows
 
@@ -278,25 +265,24 @@ def main() -> int:
     parser.add_argument("--skip-fpn", action="store_true", help="skip the ResNet50-FPN rows")
     args = parser.parse_args()
     info = benchutil.machine_info()
+    roi_torch, roi_note = benchutil.torch_reference("roi")
     lines = [
         "## Two-stage detectors and ROI ops (`bench/two_stage.py`)",
         "",
         f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores; Python {info['python']}, TensorFlow "
-        f"{info.get('tensorflow')}, Keras {info.get('keras')}. Protocol in the script's docstring. torchvision "
-        "figures: torchvision 0.29.1 measured on this machine (2 threads, idle), quoted.",
+        f"{info.get('tensorflow')}, Keras {info.get('keras')}. Protocol in the script's docstring.",
         "",
         "### ROI ops (1x64x64x256 features, 7x7, spatial_scale 1, `tf.function`)"
         + (" [BENCH_QUICK: 1x16x16x32]" if benchutil.quick() else ""),
         "",
-        f"Before: load average {benchutil.load_average()} (1, 5, 15 min).",
+        f"{roi_note} Before: load average {benchutil.load_average()} (1, 5, 15 min).",
         "",
-        benchutil.md_table(bench_roi_ops(), [
+        benchutil.md_table(bench_roi_ops(roi_torch), [
             ("op", "op", ""), ("K boxes", "k", ""), ("median ms", "ms", "{:.2f}"), ("best ms", "best", "{:.2f}"),
             ("torchvision ms", "torchvision", "{:.1f}"), ("torchvision / ours", "speedup", "{:.1f}x")]),
         "",
         f"After: load average {benchutil.load_average()} (1, 5, 15 min). Target: roi_align at least "
-        f"{TARGET_SPEEDUP['ops']:.0f}x torchvision "
-        f"(<= {TORCHVISION_OPS_MS[('roi_align sr=2', 512)] / TARGET_SPEEDUP['ops']:.1f} ms at K=512).",
+        f"{TARGET_SPEEDUP['ops']:.0f}x faster than torchvision's.",
     ]
     if not args.skip_models:
         rows, region = bench_region_models()
@@ -321,11 +307,14 @@ def main() -> int:
         ]
         if not args.skip_fpn:
             check_threshold_attribute()
-            fpn_rows = bench_fpn_models()
+            fpn_torch, fpn_note = benchutil.torch_reference("fpn")
+            fpn_rows = bench_fpn_models(fpn_torch)
             lines += [
                 "",
                 "### Faster / Mask R-CNN ResNet50-FPN, 512x512, batch 1 (`model.detect` in a `tf.function`)"
                 + (" [BENCH_QUICK: 128x128]" if benchutil.quick() else ""),
+                "",
+                fpn_note,
                 "",
                 benchutil.md_table(fpn_rows, [
                     ("model", "model", ""), ("timed", "what", ""), ("score thresh", "threshold", ""),
@@ -333,8 +322,9 @@ def main() -> int:
                     ("images/s", "ips", "{:.2f}"), ("torchvision ms/img", "torchvision", "{:.1f}"),
                     ("torchvision / ours", "speedup", "{:.2f}x"), ("1.2x target ms", "target", "{:.0f}")]),
                 "",
-                f"load average {benchutil.load_average()} (1, 5, 15 min). torchvision rows: threshold 0.05 = its "
-                "default rows (100 dets/img), threshold 0 = its `@thresh0` rows.",
+                f"load average {benchutil.load_average()} (1, 5, 15 min). torchvision: "
+                "`fasterrcnn_resnet50_fpn` / `maskrcnn_resnet50_fpn` with min_size = max_size = 512 and "
+                "box_score_thresh as the row's (0.05 is its default).",
             ]
     text = "\n".join(lines) + "\n"
     if args.out:
