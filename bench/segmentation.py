@@ -1,7 +1,8 @@
 """Speed of tfvision's segmentation models on CPU, against the machine's fp32 matmul rate in the same run.
 
 Models (random weights, `num_classes` 20, i.e. 21 outputs as for VOC), built with `tfvision.models.build_*`
-from a `ModelConfig` with input shape `(None, None, 3)`, as `build_model` does:
+from a `ModelConfig` with input shape `(None, None, 3)` and, as `build_model` does by default, their wide
+convolutions routed through XLA for float32 inference (`tfvision.models.xla_convolutions`):
   * FCN-8s on VGG16 at 512x512;
   * SegNet, VGG16 encoder with pooling indices, `unpool` decoder, at 512x512;
   * U-Net from scratch at 256x256: the shapes config's depth 4 / base_filters 16, and base_filters 64 (the
@@ -15,7 +16,8 @@ Rows per model:
     gives a trainer's model). Keras refuses it for models with a layer that cannot be compiled (SegNet's
     argmax pooling), which the row then says;
   * inference, batch 1, export: `SegmentationServingModule.serving_default` on uint8 images, the function an
-    export serves (resize/pad, model, softmax, crop and resize back, argmax), called in-process;
+    export serves (resize/pad, model, softmax, crop and resize back, argmax; traced as exports are, every
+    convolution on oneDNN), called in-process;
   * training: `train_on_batch` (SGD lr 1e-3 momentum 0.9, tfvision's `SegmentationLoss` cross entropy with
     ignore label 255; random labels), batch 2 at 512 and 8 at 256.
 
@@ -35,9 +37,9 @@ is measured at the start and end of the run for reference. About 5 minutes on a 
 load of other users.
 
 `--levers` measures instead, for each model at batch 1, what the usual speed levers give. Round-robin in one
-process, sharing weights: XLA, `mixed_bfloat16` (oneDNN bf16, AMX where the CPU has it), and three prototypes
-that live here only: XLA for the small-map, many-channel convolutions only, BatchNorm folded into the
-preceding convolution, and (SegNet) unpooling without argmax indices, with and without XLA. Each in its own
+process, sharing weights: every convolution on oneDNN (`model.xla_convolutions: false`), whole-model XLA,
+`mixed_bfloat16` (oneDNN bf16, AMX where the CPU has it), and two prototypes that live here only: BatchNorm
+folded into the preceding convolution, and (SegNet) unpooling without argmax indices, with and without XLA. Each in its own
 process: `TF_ENABLE_ONEDNN_OPTS=0` (Eigen kernels) and `inter_op_parallelism_threads=1`.
 
 
@@ -68,11 +70,8 @@ MODELS = {
     "unet16": ("U-Net depth 4, base 16 (shapes config)", "unet", 256, 8),
     "unet64": ("U-Net depth 4, base 64", "unet", 256, 8),
 }
-LEVERS = ("default", "xla", "xla_small_convs", "bf16", "bn_folded", "mask_unpool", "mask_unpool+xla", "onednn_off",
+LEVERS = ("default", "plain_convolutions", "xla", "bf16", "bn_folded", "mask_unpool", "mask_unpool+xla", "onednn_off",
           "inter_op_1")
-# xla_small_convs: 3x3 convolutions on maps of at most this many positions, with C_in * C_out at least this.
-SMALL_MAP_POSITIONS = 64 * 64
-MANY_CHANNELS = 256 * 256
 
 
 # --- Models and FLOPs ---
@@ -92,11 +91,15 @@ def model_config(key: str):
     return ModelConfig(name="unet", num_classes=NUM_CLASSES, unet=UNetConfig(depth=4, base_filters=base))
 
 
-def build(key: str, input_shape=(None, None, 3)):
-    from tfvision.models import build_fcn, build_segnet, build_unet
+def build(key: str, input_shape=(None, None, 3), xla_convolutions=True):
+    """The model of `key`, as `build_model` makes it (wide convolutions through XLA unless told not to)."""
+    from tfvision.models import build_fcn, build_segnet, build_unet, use_xla_convolutions
 
     builder = {"fcn": build_fcn, "segnet": build_segnet, "unet": build_unet}[MODELS[key][1]]
-    return builder(model_config(key), input_shape=input_shape)
+    model = builder(model_config(key), input_shape=input_shape)
+    if xla_convolutions:
+        use_xla_convolutions(model)
+    return model
 
 
 def input_size(key: str) -> int:
@@ -259,6 +262,7 @@ def measure_model(key: str, matmul, matmul_flops) -> tuple[list[dict], dict]:
     import numpy as np
 
     from tfvision.export.saved_model import SegmentationServingModule
+    from tfvision.models.xla_convolutions import plain_convolutions
 
     size = input_size(key)
     static = build(key, (size, size, 3))
@@ -289,6 +293,8 @@ def measure_model(key: str, matmul, matmul_flops) -> tuple[list[dict], dict]:
 
     serving = SegmentationServingModule(model, size)
     uint8_images = random_images(1, size, "uint8")
+    with plain_convolutions():  # traced as `tfvision export` traces it
+        serving.serving_default(uint8_images)
     timing = paired_timing(lambda: serving.serving_default(uint8_images)["segmentation_mask"].numpy(), matmul,
                            8.0, 5, 20)
     rows.append(row(key, "inference, export serving_default (uint8)", 1, flops, timing, matmul_flops))
@@ -366,37 +372,6 @@ def fold_batch_norms(model):
         elif layer.weights and not isinstance(layer, keras.layers.BatchNormalization):
             folded.get_layer(layer.name).set_weights(layer.get_weights())
     return folded
-
-
-def jit_small_convs(model) -> int:
-    """Prototype: makes each 3x3 Conv2D of `model` (in place) run its convolution as an XLA cluster when, at
-    trace time, its map has at most SMALL_MAP_POSITIONS positions and C_in * C_out >= MANY_CHANNELS.
-
-    Why: oneDNN's convolution (TF's default CPU kernel) is fast on large maps with few channels but reaches
-    only about half the matmul rate on small maps with many channels (e.g. 16x16, 1024 -> 1024), where
-    XLA's convolution (Eigen im2col + GEMM) is about twice as fast; the other way round on large maps.
-    Returns the number of layers changed.
-    """
-    import keras
-    import tensorflow as tf
-
-    changed = 0
-    for layer in _layers(model):
-        if type(layer) is not keras.layers.Conv2D or tuple(layer.kernel_size) != (3, 3):
-            continue
-        original = layer.convolution_op
-        compiled = tf.function(original, jit_compile=True)
-
-        def convolution_op(inputs, kernel, original=original, compiled=compiled):
-            height, width, in_channels = inputs.shape[1:4]
-            small = height is not None and width is not None and height * width <= SMALL_MAP_POSITIONS
-            if small and in_channels * kernel.shape[-1] >= MANY_CHANNELS:
-                return compiled(inputs, kernel.value if hasattr(kernel, "value") else kernel)
-            return original(inputs, kernel)
-
-        layer.convolution_op = convolution_op
-        changed += 1
-    return changed
 
 
 def _randomize_batch_norms(model) -> None:
@@ -487,37 +462,37 @@ def lever_variants(key: str) -> tuple[dict, dict]:
     the levers that do not apply."""
     import keras
 
+    from tfvision.models import use_xla_convolutions
+
     size = input_size(key)
     keras.utils.set_random_seed(0)
     base = build(key)
     _randomize_batch_norms(base)
     variants, notes = {"default": base}, {}
 
-    def copy(policy="float32"):
+    def copy(policy="float32", xla_convolutions=True):
         keras.mixed_precision.set_global_policy(policy)
         try:
-            model = build(key)
+            model = build(key, xla_convolutions=xla_convolutions)
         finally:
             keras.mixed_precision.set_global_policy("float32")
         model.set_weights(base.get_weights())
         return model
 
     variants["xla"] = copy()
-    variants["xla_small_convs"] = copy()
-    if jit_small_convs(variants["xla_small_convs"]) == 0:
-        notes["xla_small_convs"] = "n/a: no 3x3 convolution"
-        del variants["xla_small_convs"]
-    else:
-        _check_same(key, "xla_small_convs", base, variants["xla_small_convs"], size)
+    variants["plain_convolutions"] = copy(xla_convolutions=False)
+    _check_same(key, "plain_convolutions", base, variants["plain_convolutions"], size)
     variants["bf16"] = copy("mixed_bfloat16")
     if any(isinstance(layer, keras.layers.BatchNormalization) for layer in _layers(base)):
         variants["bn_folded"] = fold_batch_norms(base)
+        use_xla_convolutions(variants["bn_folded"])
         _check_same(key, "bn_folded", base, variants["bn_folded"], size)
     else:
         notes["bn_folded"] = "n/a: no BatchNormalization"
     if MODELS[key][1] == "segnet":
         for name in ("mask_unpool", "mask_unpool+xla"):
             variants[name] = mask_unpooling(base)
+            use_xla_convolutions(variants[name])
         _check_same(key, "mask_unpool", base, variants["mask_unpool"], size)
     for name, model in variants.items():
         model.compile(jit_compile=name.endswith("xla"))
@@ -658,9 +633,9 @@ def report_levers(rows: list[dict]) -> str:
         *_header(info),
         "`predict_on_batch` after `compile()`, the models of one network sharing weights and measured "
         "round-robin in one process (onednn_off and inter_op_1: each in its own process). Levers: default "
-        "(oneDNN, graph mode), "
-        "xla (`compile(jit_compile=True)`), xla_small_convs (prototype: only the 3x3 convolutions on maps of "
-        f"<= {SMALL_MAP_POSITIONS} positions with C_in * C_out >= {MANY_CHANNELS} run as XLA clusters), bf16 "
+        "(graph mode; convolutions with C_in * C_out >= 65,536 through XLA, the rest on oneDNN: tfvision's "
+        "default), plain_convolutions (`model.xla_convolutions: false`: every convolution on oneDNN), "
+        "xla (`compile(jit_compile=True)`), bf16 "
         "(`mixed_bfloat16` policy: bfloat16 compute, float32 variables and logits), bn_folded (prototype: "
         "BatchNorm folded into the conv before it), mask_unpool (SegNet; prototype: plain max pool, and "
         "unpooling to each window's first maximum found in the pooled tensor - same outputs, no indices, no "

@@ -313,6 +313,8 @@ class ModelConfig:
     """Which architecture to build (`name`) and the options of each family.
 
     `num_classes` counts object classes K; segmentation models predict K + 1 channels (0 = background).
+    `xla_convolutions`: run the wide convolutions through XLA for float32 inference (faster on CPU; training
+    and exports keep the plain ones; `tfvision.models.xla_convolutions`).
     """
 
     name: Literal[
@@ -331,6 +333,7 @@ class ModelConfig:
     mask_rcnn: MaskRCNNConfig = dataclasses.field(default_factory=MaskRCNNConfig)
     rcnn: RCNNConfig = dataclasses.field(default_factory=RCNNConfig)
     fast_rcnn: FastRCNNConfig = dataclasses.field(default_factory=FastRCNNConfig)
+    xla_convolutions: bool = True
 
 
 @dataclasses.dataclass

@@ -45,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvision.export.serving import LABELS_ASSET
+from tfvision.models.xla_convolutions import plain_convolutions
 
 TMP_PREFIX = ".tmp-"
 SIGNATURES = ("serving_default", "serving_bytes")
@@ -609,9 +610,11 @@ def export_serving_module(
         # Tracked on the module, so save() copies them to assets/ and records them.
         module.label_file = assets.pop(LABELS_ASSET)
         module.extra_asset_files = assets
-        tf.saved_model.save(module, tmp, signatures=module.trace())
-        progress.update(1)
-        _verify_export(tmp, module)
+        # Plain convolutions: TF Serving runs no XLA cluster unless told to (see models.xla_convolutions).
+        with plain_convolutions():
+            tf.saved_model.save(module, tmp, signatures=module.trace())
+            progress.update(1)
+            _verify_export(tmp, module)
         progress.update(2)
         if os.path.exists(final):
             raise FileExistsError(f"{final} appeared while exporting; exports are never overwritten.")

@@ -7,6 +7,7 @@ first use, so that using one family does not load every other.
 import importlib
 
 from tfvision.models.segmentation import build_fcn, build_segnet, build_unet, convert_dense_to_conv
+from tfvision.models.xla_convolutions import use_xla_convolutions
 
 # model.name -> the module under tfvision.models.detection that has build_<name>(model_config, input_shape).
 DETECTORS = ("overfeat", "ssd", "yolo", "rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn")
@@ -35,7 +36,8 @@ def build_model(experiment_config):
         `keras.Model` taking float32 images `[B, H, W, 3]` (pixel values 0..255); segmentation models return
         float32 logits `[B, H, W, model.num_classes + 1]`; detectors (`tfvision.models.detection.detector.Detector`)
         return raw head outputs from `call` and final detections from `predict` / `detect`. H and W are free for
-        the builders in `_ANY_SIZE`, else `data.image_size`.
+        the builders in `_ANY_SIZE`, else `data.image_size`. With `model.xla_convolutions` its wide
+        convolutions run through XLA for float32 inference (`tfvision.models.xla_convolutions`).
 
     Raises:
         ValueError: unknown `model.name` (the message lists the valid ones), or the builder's own errors.
@@ -49,4 +51,7 @@ def build_model(experiment_config):
         valid = sorted(set(_BUILDERS) | set(DETECTORS))
         raise ValueError(f"model.name: unknown model {name!r}; valid models: {', '.join(valid)}.")
     size = None if name in _ANY_SIZE else experiment_config.data.image_size
-    return builder(experiment_config.model, input_shape=(size, size, 3))
+    model = builder(experiment_config.model, input_shape=(size, size, 3))
+    if experiment_config.model.xla_convolutions:
+        use_xla_convolutions(model)
+    return model
