@@ -90,7 +90,7 @@ def torch_reference(group: str) -> tuple[dict, str]:
     if not os.path.exists(python):
         return {}, f"torchvision not measured: no torch environment at {python} (`make bench` creates it)."
     command = [python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py"), group]
-    result = subprocess.run(command + (["--quick"] if quick() else []), capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)  # inherits BENCH_QUICK
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
     figures = json.loads(result.stdout.strip().splitlines()[-1])

@@ -17,7 +17,8 @@ Protocol (that of the tfvision rows): random weights (seed 0), uniform [0, 1] im
 2 threads, one untimed warm-up call, then the median of timed calls. Models include their own transform and
 post-processing, as torchvision users run them.
 
-Usage: .bench-venv-torch/bin/python bench/torch_reference.py {nms,roi,ssd,fpn} [--quick]
+Usage: .bench-venv-torch/bin/python bench/torch_reference.py {nms,roi,ssd,fpn}
+BENCH_QUICK=1: a smoke run (tiny inputs, two timed calls; numbers meaningless).
 """
 
 from __future__ import annotations
@@ -26,27 +27,19 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_inputs  # noqa: E402
+import benchutil  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torchvision.models import detection  # noqa: E402
 
 
 def median_ms(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * benchutil.median(benchutil.repeat_timed(fn, repeats=repeats, warmup=warmup))
 
 
 def bench_nms(quick):
@@ -86,20 +79,19 @@ def _ssdlite_full_tail():
         detection.ssdlite.mobilenet_v3_large = original
 
 
-def _model_ms(build, size, repeats, quick):
+def _model_ms(build, size, repeats):
     torch.manual_seed(0)
     model = build().eval()
     images = [torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))]
-    return median_ms(lambda: model(images), repeats=2 if quick else repeats)
+    return median_ms(lambda: model(images), repeats=repeats)
 
 
-def bench_ssd(quick):
+def bench_ssd(quick):  # noqa: ARG001 (the same size either way: the architectures are fixed)
     return {
-        "ssd300_vgg16": _model_ms(lambda: detection.ssd300_vgg16(weights=None, weights_backbone=None), 300, 10,
-                                  quick),
+        "ssd300_vgg16": _model_ms(lambda: detection.ssd300_vgg16(weights=None, weights_backbone=None), 300, 10),
         "ssdlite320_mobilenet_v3_large": _model_ms(
-            lambda: detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None), 320, 10, quick),
-        "ssdlite320_mobilenet_v3_large full tail": _model_ms(_ssdlite_full_tail, 320, 10, quick),
+            lambda: detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None), 320, 10),
+        "ssdlite320_mobilenet_v3_large full tail": _model_ms(_ssdlite_full_tail, 320, 10),
     }
 
 
@@ -111,7 +103,7 @@ def bench_fpn(quick):
         for suffix, threshold in (("", 0.05), ("@0", 0.0)):
             build = functools.partial(constructor, weights=None, weights_backbone=None, min_size=size,
                                       max_size=size, box_score_thresh=threshold)
-            results[name + suffix] = _model_ms(build, size, repeats, quick)
+            results[name + suffix] = _model_ms(build, size, repeats)
     return results
 
 
@@ -121,11 +113,10 @@ GROUPS = {"nms": bench_nms, "roi": bench_roi, "ssd": bench_ssd, "fpn": bench_fpn
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("group", choices=sorted(GROUPS))
-    parser.add_argument("--quick", action="store_true", help="tiny inputs, few calls (numbers meaningless)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with torch.inference_mode():
-        results = GROUPS[args.group](args.quick)
+        results = GROUPS[args.group](benchutil.quick())
     results["versions"] = f"torch {torch.__version__}, torchvision {torchvision.__version__}"
     print(json.dumps(results))
     return 0
