@@ -401,6 +401,78 @@ def test_segnet_errors():
 # --- U-Net -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", ["unpool", "transpose", "tied"])
+def test_segnet_stages_mirror_only_the_kept_encoder_stages(mode):
+    # 3 stages: the deepest map is stride 8 (a 2 x 2 grid at 64 px with all 5 stages, 8 x 8 with 3).
+    config = dataclasses.replace(CONFIGS[f"segnet_{mode}"], segnet=SegNetConfig(mode, stages=3))
+    model = build_segnet(config)
+    backbone = model.get_layer("backbone")
+    expected_keys = [f"level{k}" for k in (1, 2, 3)]
+    if mode != "transpose":
+        expected_keys += [f"{key}{k}" for key in ("indices", "prepool") for k in (1, 2, 3)]
+    assert sorted(backbone.output) == sorted(expected_keys)
+    names = {layer.name for layer in model.layers} | {layer.name for layer in backbone.layers}
+    assert "block3_conv2" in names and not {"block4_conv1", "decoder_block4_conv1"} & names
+    upsample = "upconv" if mode == "transpose" else "unpool"
+    assert [layer.name for layer in model.layers if layer.name.endswith(upsample)] == [
+        f"decoder_block{k}_{upsample}" for k in (3, 2, 1)
+    ]
+    images = _images((2, 40, 56, 3), seed=13)
+    features = backbone(images)
+    # The decoder starts from the stage-3 map, at 1/8 of the image (TINY width 4: 4 * 2**2 channels).
+    first = model.get_layer(f"decoder_block3_{upsample}")
+    assert tuple(features["level3"].shape) == (2, 5, 7, 16)
+    probe = keras.Model(model.input, [first.input if mode == "transpose" else first.input[0], model.output])
+    decoder_input, logits = probe(images)
+    np.testing.assert_array_equal(np.asarray(decoder_input), np.asarray(features["level3"]))
+    assert tuple(logits.shape) == (2, 40, 56, NUM_CLASSES + 1)
+    for k in (1, 2, 3):
+        for j in (1, 2):
+            if (k, j) != (1, 1):
+                assert model.get_layer(f"decoder_block{k}_conv{j}").output.shape[-1] == (
+                    backbone.get_layer(f"block{k}_conv{j}").input.shape[-1]
+                )
+
+
+def test_segnet_default_is_the_five_stage_vgg16_segnet():
+    assert SegNetConfig() == SegNetConfig(upsampling="unpool", stages=5, decoder_kernel_size=3)
+    config = ModelConfig(name="segnet", num_classes=NUM_CLASSES, backbone=BackboneConfig(name="vgg16"))
+    model = build_segnet(config, input_shape=(64, 64, 3))
+    unpools = [layer for layer in model.layers if isinstance(layer, MaxUnpooling2D)]
+    assert [layer.name for layer in unpools] == [f"decoder_block{k}_unpool" for k in range(5, 0, -1)]
+    decoder_convs = [
+        layer for layer in model.layers if layer.name.startswith("decoder_block") and "_conv" in layer.name
+    ]
+    # VGG16's 13 convs mirrored, the first one's mirror being the classifier: 512 ... 64 channels back.
+    assert [layer.filters for layer in decoder_convs] == [512, 512, 512, 512, 512, 256, 256, 256, 128, 128, 64, 64]
+    assert all(layer.kernel_size == (3, 3) for layer in decoder_convs)
+    assert tuple(model.output.shape) == (None, 64, 64, NUM_CLASSES + 1)
+
+
+def test_segnet_decoder_kernel_size():
+    segnet = SegNetConfig("unpool", stages=2, decoder_kernel_size=7)
+    config = dataclasses.replace(CONFIGS["segnet_unpool"], segnet=segnet)
+    model = build_segnet(config)
+    convs = [model.get_layer(name) for name in ["decoder_block2_conv2", "decoder_block2_conv1", "decoder_block1_conv2"]]
+    assert all(conv.kernel_size == (7, 7) for conv in convs)
+    assert model.get_layer("backbone").get_layer("block1_conv1").kernel_size == (3, 3)  # the encoder is untouched
+    assert model.predict_on_batch(_images((1, 32, 48, 3))).shape == (1, 32, 48, NUM_CLASSES + 1)
+
+
+@pytest.mark.parametrize(
+    "segnet, match",
+    [
+        (SegNetConfig("unpool", stages=0), r"model.segnet.stages: must be an integer in 1..5.*got 0"),
+        (SegNetConfig("unpool", stages=6), r"model.segnet.stages: must be an integer in 1..5.*got 6"),
+        (SegNetConfig("unpool", stages=True), r"model.segnet.stages: .*got True"),
+        (SegNetConfig("unpool", decoder_kernel_size=4), r"model.segnet.decoder_kernel_size: must be an odd .*got 4"),
+        (SegNetConfig("tied", decoder_kernel_size=5), r"model.segnet.decoder_kernel_size: the 'tied' decoder"),
+    ],
+)
+def test_segnet_stage_and_kernel_errors(segnet, match):
+    with pytest.raises(ValueError, match=match):
+        build_segnet(dataclasses.replace(CONFIGS["segnet_unpool"], segnet=segnet))
+
 def test_unet_from_scratch_concatenates_skips_at_every_scale():
     model = _build("unet_scratch", (32, 32, 3))
     for k in range(3):  # depth 3: decoder stages at strides 4, 2, 1

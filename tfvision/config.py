@@ -83,9 +83,18 @@ class FCNConfig:
 
 @dataclasses.dataclass
 class SegNetConfig:
-    """Encoder-decoder whose decoder mirrors the encoder stage for stage."""
+    """Encoder-decoder whose decoder mirrors the encoder stage for stage.
+
+    `stages` (1..5) keeps the backbone's first `stages` conv/pool stages (5 = the whole tiny or vgg16 encoder,
+    as SegNet; 4 = SegNet-Basic's depth); the decoder mirrors just those, so its deepest map has stride
+    2**stages (at 64 px, 5 stages leave a 2 x 2 grid). `decoder_kernel_size` (odd) is the size of the learned
+    decoder convolutions (SegNet-Basic: 7), which turn the sparse unpooled maps dense; `tied` decoders use the
+    encoder's kernels, so it must stay 3 there.
+    """
 
     upsampling: Literal["unpool", "transpose", "tied"] = "unpool"
+    stages: int = 5
+    decoder_kernel_size: int = 3
 
 
 @dataclasses.dataclass
