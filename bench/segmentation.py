@@ -150,8 +150,11 @@ def profiler_flops(model, size: int) -> int:
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+    from tfvision.models.xla_convolutions import plain_convolutions
+
     function = tf.function(lambda x: model(x, training=False))
-    concrete = function.get_concrete_function(tf.TensorSpec((1, size, size, 3), tf.float32))
+    with plain_convolutions():  # the profiler does not look inside XLA clusters
+        concrete = function.get_concrete_function(tf.TensorSpec((1, size, size, 3), tf.float32))
     graph = convert_variables_to_constants_v2(concrete).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
