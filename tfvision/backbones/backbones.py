@@ -22,9 +22,10 @@ them in the graph as the network was trained (its first layer, "normalize"), and
 `keras.applications.imagenet_utils.preprocess_input` that each network was trained with.)
 
 Sizes: tiny and vgg16 pool with 2x2 'valid' max pools, so level k has floor(H / 2**k) rows; resnet50 and
-mobilenetv2 / mobilenetv3large downsample with 'same' strided convolutions (ceil(H / 2**k)). Both are exact when H and W are
-divisible by 32. The MobileNet levels are each stride's expansion activation at the block that leaves it (what
-SSDLite taps: for mobilenetv3large level 4 is torchvision's "C4"), and the last layer. The smallest useful input is 32 x 32.
+the MobileNets downsample with 'same' strided convolutions (ceil(H / 2**k)). Both are exact when H and W are
+divisible by 32. The smallest useful input is 32 x 32. The MobileNet levels are each stride's expansion
+activation at the block that leaves it (what SSDLite taps; mobilenetv3large's level 4 is torchvision's "C4"),
+and the last layer.
 
 `tiny` is VGG-style: five blocks of (3x3 conv without bias, BatchNorm, ReLU) x 2 then a 2x2 max pool. The
 BatchNorm is why it trains from scratch in a few epochs on 64-128 px shapes.
