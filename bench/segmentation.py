@@ -40,8 +40,7 @@ load of other users.
 process, sharing weights: every convolution on oneDNN (`model.xla_convolutions: false`), whole-model XLA,
 `mixed_bfloat16` (oneDNN bf16, AMX where the CPU has it), and two prototypes that live here only: BatchNorm
 folded into the preceding convolution, and (SegNet) unpooling without argmax indices, with and without XLA.
-Each in its own
-process: `TF_ENABLE_ONEDNN_OPTS=0` (Eigen kernels) and `inter_op_parallelism_threads=1`.
+Each in its own process: `TF_ENABLE_ONEDNN_OPTS=0` (Eigen kernels) and `inter_op_parallelism_threads=1`.
 
 
 Usage: python bench/segmentation.py [--out FILE] [--models fcn8s,segnet,unet16,unet64] [--levers]
