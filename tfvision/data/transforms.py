@@ -68,15 +68,16 @@ def as_seed(seed) -> tf.Tensor:
     return seed
 
 
-def check_output_size(output_size, where) -> tuple[int, int]:
-    """`output_size` (int or (height, width)) as two positive ints; `where` names the caller in errors."""
+def check_output_size(output_size, where, name="output_size") -> tuple[int, int]:
+    """`output_size` (int or (height, width)) as two positive ints; `where` names the caller in errors, `name`
+    the argument."""
     def is_size(s):
         return isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0
 
     pair = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
     if len(pair) != 2 or not all(is_size(s) for s in pair):
         raise ValueError(
-            f"{where}: output_size must be a positive int or a (height, width) pair of positive ints, "
+            f"{where}: {name} must be a positive int or a (height, width) pair of positive ints, "
             f"got {output_size!r}."
         )
     return int(pair[0]), int(pair[1])

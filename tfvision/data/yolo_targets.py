@@ -26,10 +26,10 @@ these targets both follow it.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import tensorflow as tf
+
+from tfvision.data.transforms import check_output_size
 
 # YOLOv3's COCO priors (k-means on COCO boxes at 416 x 416), (w, h) pixels, 3 per level, stride 8 first.
 YOLOV3_COCO_PRIORS = (
@@ -44,17 +44,9 @@ YOLOV3_STRIDES = (8, 16, 32)
 TABLE_COLUMNS = ("col", "row", "stride", "prior_w", "prior_h")
 
 
-def image_hw(image_size, where="image_size") -> tuple[int, int]:
-    """`(height, width)` from an int or a pair of ints; a ValueError names `where` otherwise."""
-    size = (image_size, image_size) if isinstance(image_size, numbers.Integral) else tuple(image_size)
-    if len(size) != 2 or not all(isinstance(s, numbers.Integral) and s > 0 for s in size):
-        raise ValueError(f"{where}: must be a positive int or (height, width) of positive ints, got {image_size!r}.")
-    return int(size[0]), int(size[1])
-
-
 def default_priors(image_size) -> tuple[tuple[float, float], ...]:
     """YOLOv3's 9 COCO priors scaled from 416 px to `image_size` (int or (height, width))."""
-    height, width = image_hw(image_size)
+    height, width = check_output_size(image_size, "default_priors", "image_size")
     return tuple((w * width / YOLOV3_PRIOR_SIZE, h * height / YOLOV3_PRIOR_SIZE) for w, h in YOLOV3_COCO_PRIORS)
 
 
@@ -71,7 +63,7 @@ def check_priors(priors, strides, where="model.yolo.anchors") -> tuple[tuple[flo
 
 def yolov3_grid_sizes(image_size, strides=YOLOV3_STRIDES) -> list[tuple[int, int]]:
     """`(rows, cols)` of each level's grid; the image sides must be multiples of every stride."""
-    height, width = image_hw(image_size)
+    height, width = check_output_size(image_size, "yolov3_grid_sizes", "image_size")
     for stride in strides:
         if height % stride or width % stride:
             raise ValueError(
@@ -186,7 +178,7 @@ def encode_yolov1_targets(boxes, classes, image_size, grid_size, num_classes) ->
         Cell `[i, j]` is grid row i (top to bottom), column j.
     """
     where = "encode_yolov1_targets"
-    height, width = image_hw(image_size, f"{where}: image_size")
+    height, width = check_output_size(image_size, where, "image_size")
     s = int(grid_size)
     boxes, classes, valid = _standardize(boxes, classes, num_classes, where)
     y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
@@ -235,7 +227,7 @@ def encode_yolov3_targets(boxes, classes, image_size, num_classes, strides=YOLOV
         `gt_boxes` float32 `[B, N, 4]`: every object's box, zeros for padding (for the loss's ignore rule).
     """
     where = "encode_yolov3_targets"
-    height, width = image_hw(image_size, f"{where}: image_size")
+    height, width = check_output_size(image_size, where, "image_size")
     strides = tuple(int(s) for s in strides)
     priors = check_priors(default_priors((height, width)) if priors is None else priors, strides)
     grids = yolov3_grid_sizes((height, width), strides)

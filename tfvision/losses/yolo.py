@@ -19,22 +19,16 @@ def _batch_size(tensor):
 
 
 def _cell_iou(pred, target, grid_size):
-    """IoU of (x, y, w, h) boxes in the same cell: x, y in cell units, w, h in image units. `[..., 4]` -> `[...]`.
+    """IoU of (x, y, w, h) boxes in the same cell: x, y in cell units, w, h in image units. `pred` `[..., B, 4]`
+    against `target` `[..., 1, 4]` -> `[..., B]`.
 
     IoU does not change when both axes are rescaled, so image fractions serve for any image size.
     """
-    def corners(b):
-        x, y = b[..., 0] / grid_size, b[..., 1] / grid_size  # the cell's own corner cancels out
-        half_w, half_h = b[..., 2] / 2, b[..., 3] / 2
-        return x - half_w, y - half_h, x + half_w, y + half_h
+    def yxyx(b):  # image fractions; the cell's own corner cancels out
+        center = tf.stack([b[..., 1] / grid_size, b[..., 0] / grid_size, b[..., 3], b[..., 2]], axis=-1)
+        return box_ops.convert(center, "center", "yxyx")
 
-    px1, py1, px2, py2 = corners(pred)
-    tx1, ty1, tx2, ty2 = corners(target)
-    inter = tf.maximum(tf.minimum(px2, tx2) - tf.maximum(px1, tx1), 0.0) * tf.maximum(
-        tf.minimum(py2, ty2) - tf.maximum(py1, ty1), 0.0
-    )
-    union = pred[..., 2] * pred[..., 3] + target[..., 2] * target[..., 3] - inter
-    return tf.math.divide_no_nan(inter, union)
+    return box_ops.iou(yxyx(pred), yxyx(target))[..., 0]
 
 
 def yolov1_loss(targets, grid, *, boxes_per_cell, num_classes, lambda_coord=5.0, lambda_noobj=0.5,

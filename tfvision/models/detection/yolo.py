@@ -196,7 +196,7 @@ class YOLOv1(Detector):
         yc = (rows + boxes[..., 1]) / s * height
         w = tf.square(tf.maximum(boxes[..., 2], 0.0)) * width  # the network predicts sqrt(w), sqrt(h)
         h = tf.square(tf.maximum(boxes[..., 3], 0.0)) * height
-        corners = tf.stack([yc - h / 2, xc - w / 2, yc + h / 2, xc + w / 2], axis=-1)
+        corners = box_ops.convert(tf.stack([yc, xc, h, w], axis=-1), "center", "yxyx")
         # Linear outputs: clipped to [0, 1] to read as probabilities.
         confidence = tf.clip_by_value(boxes[..., 4:5], 0.0, 1.0)
         scores = confidence * tf.clip_by_value(grid[..., None, nb * 5:], 0.0, 1.0)  # [batch, S, S, B, C]
@@ -290,7 +290,7 @@ def decode_yolov3_boxes(predictions, prior_table) -> tf.Tensor:
     yc = (tf.sigmoid(t[..., 1]) + row) * stride
     w = prior_w * tf.exp(tf.minimum(t[..., 2], box_ops.BBOX_XFORM_CLIP))
     h = prior_h * tf.exp(tf.minimum(t[..., 3], box_ops.BBOX_XFORM_CLIP))
-    return tf.stack([yc - h / 2, xc - w / 2, yc + h / 2, xc + w / 2], axis=-1)
+    return box_ops.convert(tf.stack([yc, xc, h, w], axis=-1), "center", "yxyx")
 
 
 @keras.saving.register_keras_serializable(package="tfvision")
