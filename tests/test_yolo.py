@@ -432,7 +432,7 @@ def _train_and_score(config, root, steps, learning_rate, class_agnostic=False):
 
     pairs = build_input_pipeline(train.repeat(), 64, 8, training=True, augment=("flip",), seed=0,
                                  keys=("images", "boxes", "classes")).map(pair)
-    val = build_input_pipeline(val, 64, 20, training=False, cache=True, keys=("images", "image_id"))
+    val = build_input_pipeline(val, 64, 20, training=False, cache=True, keys=("images", "image_id", "image_scale"))
     with open(os.path.join(root, "annotations", "instances_val.json")) as f:
         annotations = json.load(f)
     if class_agnostic:  # one category "shape"
@@ -443,12 +443,7 @@ def _train_and_score(config, root, steps, learning_rate, class_agnostic=False):
     def ap50():
         predictions = []
         for batch in val:
-            detections = model.predict_on_batch(batch["images"])
-            for i, image_id in enumerate(np.asarray(batch["image_id"])):
-                n = int(detections["num_detections"][i])
-                predictions.append({"image_id": int(image_id), "boxes": np.asarray(detections["boxes"][i][:n]),
-                                    "scores": np.asarray(detections["scores"][i][:n]),
-                                    "classes": np.asarray(detections["classes"][i][:n])})
+            predictions += coco_eval.predictions_from_batch(model.predict_on_batch(batch["images"]), batch)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "no detections" from the untrained model
             return coco_eval.evaluate(annotations, predictions)["bbox"]["AP50"]
