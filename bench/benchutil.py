@@ -97,3 +97,29 @@ def torch_reference(group: str) -> tuple[dict, str]:
     versions = figures.pop("versions")
     return figures, (f"torchvision figures measured in this run, just before tfvision's ({versions}, "
                      "bench/torch_reference.py, 2 threads).")
+
+
+def matmul_gflops(n: int, repeats: int) -> float:
+    """Median GFLOP/s of an n x n float32 matmul in a tf.function: this machine's practical peak."""
+    import tensorflow as tf
+
+    a, b = tf.random.normal((n, n), seed=1), tf.random.normal((n, n), seed=2)
+    matmul = tf.function(tf.linalg.matmul)
+    times = repeat_timed(lambda: matmul(a, b).numpy(), repeats=repeats, warmup=2)
+    return 2.0 * n**3 / median(times) / 1e9
+
+
+def graph_flops(fn, size: int) -> int:
+    """FLOPs that `tf.compat.v1.profiler` counts in `fn` traced on one `[1, size, size, 3]` float32 image, with
+    variables frozen to constants and convolutions outside XLA (the profiler does not look inside clusters)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from tfvision.models.xla_convolutions import plain_convolutions
+
+    with plain_convolutions():
+        concrete = tf.function(fn).get_concrete_function(tf.TensorSpec((1, size, size, 3), tf.float32))
+    graph = convert_variables_to_constants_v2(concrete).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops

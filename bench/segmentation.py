@@ -147,18 +147,7 @@ def conv_flops(model) -> int:
 
 def profiler_flops(model, size: int) -> int:
     """FLOPs per image that `tf.compat.v1.profiler` counts on the frozen inference graph at batch 1."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    from tfvision.models.xla_convolutions import plain_convolutions
-
-    function = tf.function(lambda x: model(x, training=False))
-    with plain_convolutions():  # the profiler does not look inside XLA clusters
-        concrete = function.get_concrete_function(tf.TensorSpec((1, size, size, 3), tf.float32))
-    graph = convert_variables_to_constants_v2(concrete).graph
-    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    options["output"] = "none"
-    return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+    return benchutil.graph_flops(lambda x: model(x, training=False), size)
 
 
 # --- Timing ---
@@ -172,16 +161,6 @@ def matmul_call():
     b = tf.random.normal((MATMUL_N, MATMUL_N), seed=2)
     matmul = tf.function(tf.linalg.matmul)
     return (lambda: matmul(a, b).numpy()), 2.0 * MATMUL_N**3
-
-
-def matmul_gflops(n: int, repeats: int) -> float:
-    """Median GFLOP/s of an n x n float32 matmul in a tf.function."""
-    import tensorflow as tf
-
-    a, b = tf.random.normal((n, n), seed=1), tf.random.normal((n, n), seed=2)
-    matmul = tf.function(tf.linalg.matmul)
-    times = benchutil.repeat_timed(lambda: matmul(a, b).numpy(), repeats=repeats, warmup=2)
-    return 2.0 * n**3 / benchutil.median(times) / 1e9
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -321,8 +300,8 @@ def run(keys) -> dict:
 
     matmul, matmul_flops = matmul_call()
     repeats = 2 if benchutil.quick() else 5
-    result = {"load_start": benchutil.load_average(), "matmul4096_start": matmul_gflops(4096, repeats), "rows": [],
-              "flops": [], "threads": (tf.config.threading.get_intra_op_parallelism_threads(),
+    result = {"load_start": benchutil.load_average(), "matmul4096_start": benchutil.matmul_gflops(4096, repeats),
+              "rows": [], "flops": [], "threads": (tf.config.threading.get_intra_op_parallelism_threads(),
                                        tf.config.threading.get_inter_op_parallelism_threads())}
     start = time.perf_counter()
     for key in keys:
@@ -330,7 +309,7 @@ def run(keys) -> dict:
         rows, info = measure_model(key, matmul, matmul_flops)
         result["rows"].extend(rows)
         result["flops"].append(info)
-    result["matmul4096_end"] = matmul_gflops(4096, repeats)
+    result["matmul4096_end"] = benchutil.matmul_gflops(4096, repeats)
     result["load_end"] = benchutil.load_average()
     result["seconds"] = time.perf_counter() - start
     return result

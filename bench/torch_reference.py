@@ -11,7 +11,8 @@ group prints one JSON object, name -> median milliseconds per call (per image fo
              settings. SSDLite twice: as torchvision builds it without ImageNet weights (it then halves the
              last stage's channels: "reduced tail") and with the full tail (tfvision's mobilenetv3large).
   fpn        `fasterrcnn_resnet50_fpn` and `maskrcnn_resnet50_fpn` with min_size = max_size = 512, batch 1,
-             box score threshold 0.05 (torchvision's default) and 0 ("@0").
+             box score threshold 0.05 (torchvision's default) and 0 ("@0"); at 0.05 also under
+             `torch.autocast("cpu", dtype=torch.bfloat16)` (" bf16"), beside tfvision's bfloat16 rows.
 
 Protocol (that of the tfvision rows): random weights (seed 0), uniform [0, 1] images, `torch.inference_mode`,
 2 threads, one untimed warm-up call, then the median of timed calls. Models include their own transform and
@@ -79,11 +80,14 @@ def _ssdlite_full_tail():
         detection.ssdlite.mobilenet_v3_large = original
 
 
-def _model_ms(build, size, repeats):
+def _model_ms(build, size, repeats, autocast_dtype=None):
     torch.manual_seed(0)
     model = build().eval()
     images = [torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))]
-    return median_ms(lambda: model(images), repeats=repeats)
+    if autocast_dtype is None:
+        return median_ms(lambda: model(images), repeats=repeats)
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        return median_ms(lambda: model(images), repeats=repeats, warmup=2)
 
 
 def bench_ssd(quick):  # noqa: ARG001 (the same size either way: the architectures are fixed)
@@ -104,6 +108,8 @@ def bench_fpn(quick):
             build = functools.partial(constructor, weights=None, weights_backbone=None, min_size=size,
                                       max_size=size, box_score_thresh=threshold)
             results[name + suffix] = _model_ms(build, size, repeats)
+            if threshold:
+                results[name + " bf16"] = _model_ms(build, size, repeats, autocast_dtype=torch.bfloat16)
     return results
 
 

@@ -32,7 +32,8 @@ here) and its transform (normalize + resize, ~10 ms); torchvision's Mask R-CNN p
 on the random weights (torchvision's kept 100 per image; "dets/img" says how many ours kept); rows at score
 threshold 0 (always 100 detections, masks for all 100) are beside torchvision's `@thresh0` rows. The
 "bfloat16" rows build the same models under Keras' `mixed_bfloat16` policy (bfloat16 convolutions and matmuls,
-float32 variables and outputs), which this CPU runs on its AMX-BF16 units; torchvision's figures are float32.
+float32 variables and outputs), which this CPU runs on its AMX-BF16 units; they compare with torchvision's
+models run under `torch.autocast("cpu", dtype=torch.bfloat16)` (its mixed precision for CPU inference).
 torchvision's two models are measured in the same run, just before tfvision's (bench/torch_reference.py).
 
 Timing: default TF threading, one untimed warm-up call, medians of timed calls. The 2 cores are shared with
@@ -196,7 +197,8 @@ def fpn_config(name, size, score_threshold):
     return from_dict(ExperimentConfig, config)
 
 
-def bench_fpn_models(torch_ms: dict) -> list[dict]:
+def bench_fpn_models(torch_ms: dict, flops: dict) -> list[dict]:
+    """The ResNet50-FPN rows; fills `flops` with Faster R-CNN's FLOPs per image (float32 `detect`)."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -222,6 +224,8 @@ def bench_fpn_models(torch_ms: dict) -> list[dict]:
             variants.append(("detect", 0.0, False))
             if name == "mask_rcnn":
                 variants.append(("detect + paste masks", 0.0, True))
+        if name == "faster_rcnn" and precision == "float32":
+            flops["faster_rcnn"] = benchutil.graph_flops(model.detect, size)
         for what, threshold, paste in variants:
             model.decoder.score_threshold = threshold
 
@@ -238,15 +242,33 @@ def bench_fpn_models(torch_ms: dict) -> list[dict]:
             first = time.perf_counter() - start
             times = benchutil.repeat_timed(lambda: detect(images), repeats=8 if name == "faster_rcnn" else 5, warmup=1)
             ms = 1000 * benchutil.median(times)
-            key = name + ("@0" if threshold == 0.0 else "")
+            key = name + ("@0" if threshold == 0.0 else "") + ("" if precision == "float32" else " bf16")
             # torchvision's Mask R-CNN pastes its masks at image size, so it compares with the pasting rows.
-            theirs = torch_ms.get(key, "") if (name == "faster_rcnn" or paste) and precision == "float32" else ""
+            theirs = torch_ms.get(key, "") if name == "faster_rcnn" or paste else ""
             rows.append({"model": label, "what": what, "threshold": threshold, "ms": ms, "best": 1000 * min(times),
                          "ips": 1000 / ms, "first": first, "dets": int(detections["num_detections"][0]),
                          "torchvision": theirs, "speedup": theirs / ms if theirs else "",
                          "target": theirs / TARGET_SPEEDUP["models"] if theirs else ""})
         del model
     return rows
+
+
+def _floor_note(flops: int, rows: list[dict], torch_ms: dict, matmul: float) -> str:
+    """What float32 Faster R-CNN's FLOPs allow: its time at the machine's matmul rate, against both sides."""
+    ours = next(r["ms"] for r in rows if r["model"] == "Faster R-CNN R50-FPN" and r["threshold"] == 0.05)
+    gflop = flops / 1e9
+    floor_ms = 1000 * gflop / matmul
+    note = (f"Faster R-CNN R50-FPN, float32: {gflop:.1f} GFLOP per image (tf profiler; convolutions and fully "
+            f"connected layers are nearly all of it), {floor_ms:.0f} ms at this machine's float32 matmul rate "
+            f"measured in this run ({matmul:.0f} GFLOP/s, 4096x4096): tfvision runs at {gflop / ours * 1000:.0f} "
+            f"GFLOP/s ({floor_ms / ours:.0%} of that rate)")
+    theirs = torch_ms.get("faster_rcnn")
+    if theirs:
+        target = theirs / TARGET_SPEEDUP["models"]
+        note += (f", torchvision at {gflop / theirs * 1000:.0f} GFLOP/s ({floor_ms / theirs:.0%}); the "
+                 f"{TARGET_SPEEDUP['models']}x target ({target:.0f} ms) asks for {floor_ms / target:.0%} of it over "
+                 "the whole model")
+    return note + "."
 
 
 def check_threshold_attribute():
@@ -308,7 +330,10 @@ def main() -> int:
         if not args.skip_fpn:
             check_threshold_attribute()
             fpn_torch, fpn_note = benchutil.torch_reference("fpn")
-            fpn_rows = bench_fpn_models(fpn_torch)
+            flops = {}
+            matmul = benchutil.matmul_gflops(4096, 5)
+            fpn_rows = bench_fpn_models(fpn_torch, flops)
+            floor = _floor_note(flops["faster_rcnn"], fpn_rows, fpn_torch, matmul)
             lines += [
                 "",
                 "### Faster / Mask R-CNN ResNet50-FPN, 512x512, batch 1 (`model.detect` in a `tf.function`)"
@@ -325,6 +350,8 @@ def main() -> int:
                 f"load average {benchutil.load_average()} (1, 5, 15 min). torchvision: "
                 "`fasterrcnn_resnet50_fpn` / `maskrcnn_resnet50_fpn` with min_size = max_size = 512 and "
                 "box_score_thresh as the row's (0.05 is its default).",
+                "",
+                floor,
             ]
     text = "\n".join(lines) + "\n"
     if args.out:
