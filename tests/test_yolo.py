@@ -17,7 +17,7 @@ from tfvision.data.pipeline import build_input_pipeline
 from tfvision.data.synthetic import make_shapes
 from tfvision.evaluation import coco as coco_eval
 from tfvision.losses.yolo import yolov1_loss
-from tfvision.models.detection import yolo
+from tfvision.models.detection import yolo, yolo_pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (w, h) priors from k-means (1 - IoU distance) on the shapes boxes at 64 px, 3 per level.
@@ -478,3 +478,129 @@ def test_yolov1_brief_training_on_shapes_clears_an_ap50_bar(shapes_root):
     # Measured: AP50 0.11 after 600 steps; untrained 0.0.
     assert untrained < 0.03
     assert trained > 0.04, f"YOLOv1 AP50 after 600 steps: {trained:.3f} (untrained {untrained:.3f})"
+
+
+# --- YOLOv1: classification pretraining on object crops (yolo_pretrain) ---
+
+
+def _padded_slice(image, top, left, side):
+    """NumPy reference: image[top:top+side, left:left+side], zeros where the window leaves the image."""
+    pad = side
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    return padded[top + pad:top + pad + side, left + pad:left + pad + side]
+
+
+def test_pretrain_evaluation_crops_match_numpy_slices():
+    image = np.random.default_rng(0).uniform(0, 255, [40, 40, 3]).astype(np.float32)
+    # 20 x 20 boxes; the evaluation context is the middle of CONTEXT_RANGE.
+    context = sum(yolo_pretrain.CONTEXT_RANGE) / 2
+    side = int(round(20 * context))
+    assert side == 20 * context and side % 2 == 0  # an integer window: the crop is a plain slice
+    boxes = np.array([[10, 6, 30, 26], [0, 20, 20, 40], [0, 0, 0, 0]], np.float32)  # the second reaches out
+    classes = np.array([2, 4, -1], np.int32)
+    crops, labels = yolo_pretrain.object_crops(image, boxes, classes, crop_size=side)
+    np.testing.assert_array_equal(labels, [1, 3, -1])  # class id - 1; padding stays negative
+    for crop, (ymin, xmin, ymax, xmax) in zip(crops.numpy()[:2], boxes[:2]):
+        cy, cx = int(ymin + ymax) // 2, int(xmin + xmax) // 2
+        expected = _padded_slice(image, cy - side // 2, cx - side // 2, side)
+        np.testing.assert_allclose(crop, expected, atol=1e-3)
+    # Hand-worked: box 1 (centre y 20, x 16) -> window rows 20 - side/2 .., its first pixel is image[y0, x0].
+    np.testing.assert_allclose(crops[0, 0, 0], image[20 - side // 2, 16 - side // 2], atol=1e-3)
+
+
+def _two_object_examples(count=4):
+    """Hand-made 48-px images: a red square (class 1) and a green one (class 3), one padding row."""
+    images = np.full([count, 48, 48, 3], 128, np.uint8)
+    images[:, 4:20, 6:22] = (255, 0, 0)
+    images[:, 26:46, 24:44] = (0, 255, 0)
+    boxes = np.tile(np.array([[4, 6, 20, 22], [26, 24, 46, 44], [0, 0, 0, 0]], np.float32), [count, 1, 1])
+    classes = np.tile(np.array([1, 3, -1], np.int32), [count, 1])
+    return tf.data.Dataset.from_tensor_slices({"images": images, "boxes": boxes, "classes": classes,
+                                               "image_id": np.arange(count)})
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_pretrain_crop_dataset_gives_each_crop_its_objects_class(training):
+    crops = yolo_pretrain.crop_dataset(_two_object_examples(), 16, batch_size=4, training=training, seed=3)
+    batches = list(crops.take(4))
+    colour = {0: (255, 0, 0), 2: (0, 255, 0)}  # label -> the colour of its square
+    seen = set()
+    for images, labels in batches:
+        assert images.shape == (4, 16, 16, 3) and images.dtype == tf.float32
+        for crop, label in zip(images.numpy(), labels.numpy()):
+            seen.add(int(label))
+            # Whatever the jitter, the crop's centre lies on its object.
+            np.testing.assert_allclose(crop[7:9, 7:9], np.broadcast_to(colour[int(label)], (2, 2, 3)), atol=1)
+    assert seen == {0, 2}  # both objects, never the padding row
+    if not training:  # in order, once: 4 images x 2 objects
+        assert [labels.numpy().tolist() for _, labels in batches] == [[0, 2, 0, 2], [0, 2, 0, 2]]
+
+
+def test_pretrain_classifier_shares_the_detector_trunk(tmp_path):
+    config = _v1_config(width=8)
+    model = yolo.build_yolo(config, input_shape=(64, 64, 3))
+    classifier = yolo_pretrain.trunk_classifier(model.network, 32, 4)
+    trunk = yolo_pretrain.trunk_layers(model.network)
+    assert [layer.name for layer in trunk][:3] == ["normalize", "trunk1_conv", "trunk1_bn"]
+    assert all(any(layer is other for other in classifier.layers) for layer in trunk)  # the same objects
+    assert classifier.output.shape == (None, 4)
+    convs = [layer for layer in trunk if isinstance(layer, keras.layers.Conv2D)]
+    kernels = [layer.kernel.numpy().copy() for layer in convs]
+    fc1 = model.network.get_layer("fc1").kernel.numpy().copy()
+    images = _images(4, 64)
+    outputs = model(images, training=False)["grid"].numpy()
+    result = yolo_pretrain.pretrain_trunk(model.network, _two_object_examples(), num_classes=4, steps=2,
+                                          crop_size=32, batch_size=4, log=None)
+    assert result["steps"] == 2 and 0.0 <= result["train_accuracy"] <= 1.0
+    # Every trunk conv of the detector moved; its fully connected layer did not (not in the classifier).
+    assert all(not np.allclose(layer.kernel.numpy(), k) for layer, k in zip(convs, kernels))
+    np.testing.assert_array_equal(model.network.get_layer("fc1").kernel.numpy(), fc1)
+    pretrained = model(images, training=False)["grid"].numpy()
+    assert not np.allclose(pretrained, outputs)
+    # The detector still saves and loads alone (the classifier's extra calls of its layers are not part of it).
+    model.save(tmp_path / "pretrained.keras")
+    loaded = keras.saving.load_model(tmp_path / "pretrained.keras")
+    np.testing.assert_allclose(loaded(images, training=False)["grid"].numpy(), pretrained, atol=1e-5)
+
+
+@pytest.mark.parametrize("key, value", [("pretrain_steps", -1), ("pretrain_crop_size", -8),
+                                        ("pretrain_batch_size", 0), ("pretrain_learning_rate", 0.0)])
+def test_pretrain_config_errors_name_the_key(key, value):
+    config = _v1_config()
+    assert config.yolo.pretrain_steps == 0  # off by default: the trunk trains from scratch
+    setattr(config.yolo, key, value)
+    with pytest.raises(ValueError, match=f"model.yolo.{key}"):
+        yolo.build_yolo(config, input_shape=(64, 64, 3))
+
+
+def test_pretrain_crop_too_small_for_the_trunk_is_an_error():
+    model = yolo.build_yolo(_v1_config(), input_shape=(64, 64, 3))  # 3 stride-2 steps: 8 px -> 1 x 1
+    with pytest.raises(ValueError, match="pretrain_crop_size"):
+        yolo_pretrain.trunk_classifier(model.network, 4, 4)
+    with pytest.raises(ValueError, match="not part of a YOLOv1 trunk"):
+        yolo_pretrain.trunk_layers(yolo.build_yolo(_v3_config(), input_shape=(64, 64, 3)).network)
+
+
+@pytest.mark.slow
+def test_pretraining_on_shapes_raises_crop_accuracy_above_chance(shapes_root):
+    keras.utils.set_random_seed(0)
+    model = yolo.build_yolo(_v1_config(width=8), input_shape=(64, 64, 3))
+    train, _ = load_coco_folder(shapes_root, "train", max_instances=8)
+    val, _ = load_coco_folder(shapes_root, "val", max_instances=8)
+    val_crops = yolo_pretrain.crop_dataset(val, 32, batch_size=64, training=False)
+    labels = np.concatenate([y.numpy() for _, y in val_crops])
+    assert len(labels) > 60 and set(labels) == {0, 1, 2, 3}
+
+    def accuracy(classifier):
+        predicted = np.concatenate([np.argmax(classifier(x, training=False), -1) for x, _ in val_crops])
+        return float(np.mean(predicted == labels))
+
+    # An untrained trunk gives chance-level crops (whatever the head; most frequent class: the bar's reference).
+    untrained = accuracy(yolo_pretrain.trunk_classifier(model.network, 32, 4))
+    majority = np.bincount(labels).max() / len(labels)
+    result = yolo_pretrain.pretrain_trunk(model.network, train, num_classes=4, steps=300, crop_size=32,
+                                          batch_size=32, learning_rate=2e-3, val_examples=val, log=None)
+    assert untrained < 0.4
+    assert result["val_accuracy"] > max(0.5, majority + 0.2), (
+        f"val crop accuracy after pretraining {result['val_accuracy']:.3f} (untrained {untrained:.3f})")
+    np.testing.assert_allclose(accuracy(result["classifier"]), result["val_accuracy"], atol=1e-6)

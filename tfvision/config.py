@@ -182,6 +182,12 @@ class YOLOConfig:
     box_loss_weight: float = 1.0  # v3: weights of the GIoU, objectness and class terms
     object_loss_weight: float = 1.0
     class_loss_weight: float = 1.0  # v3, and v1's sum-squared class term (1.0 = the papers)
+    # v1: the paper's classification pretraining (section 2.2) before detection training, on object crops of the
+    # training images (see tfvision.models.detection.yolo_pretrain): steps of it (0 = none, train from scratch),
+    pretrain_steps: int = 0
+    pretrain_crop_size: int = 0  # crop side in pixels; 0 = half of data.image_size (the paper's 224 for 448)
+    pretrain_batch_size: int = 32  # crops per step
+    pretrain_learning_rate: float = 1e-3  # Adam, cosine decay to 0 over pretrain_steps
 
 
 @dataclasses.dataclass

@@ -124,6 +124,13 @@ def train(config: ExperimentConfig) -> dict:
     trainer = Trainer(config, lambda: build_model(config))
     os.makedirs(config.train.model_dir, exist_ok=True)
     train_split.label_map.save(os.path.join(config.train.model_dir, "label_map.json"))
+    yolo = config.model.yolo
+    if config.model.name == "yolo" and yolo.version == "v1" and yolo.pretrain_steps > 0:
+        # The paper's classification pretraining of the trunk, before detection training (YOLOv1 only).
+        from tfvision.models.detection.yolo_pretrain import pretrain_from_config
+
+        with trainer.strategy.scope():
+            pretrain_from_config(config, trainer.model, train_split.dataset, val_split.dataset)
     if trains_alternating(config):
         fit_alternating(trainer, train_pairs)
     else:

@@ -12,7 +12,9 @@ fully convolutional, multi-scale, prior-based head on a backbone.
     * the last layer starts with small weights and a bias at the targets' typical values (see
       `yolov1_network`), where a default initialization starts its linear outputs far from every target;
     * width: the trunk's channels are the paper's times `backbone.width / 64` (64 = the paper's);
-      `backbone.name` and `backbone.weights` are not used (the trunk has no pretrained weights);
+      `backbone.name` and `backbone.weights` are not used (the trunk has no pretrained weights; the paper's
+      classification pretraining, on object crops of the detection data, is `yolo.pretrain_steps`, see
+      `tfvision.models.detection.yolo_pretrain`);
     * depth: `yolo.trunk_repeats` = how often the paper's two {1x1, 3x3} pairs repeat ((4, 2) = 24 convs,
       (1, 1) = 16);
     * downsampling: the paper's six stride-2 steps take 448 px to 7 x 7. A smaller input keeps only the first
@@ -390,6 +392,15 @@ def _check_yolo_config(model_config):
             raise ValueError(f"model.yolo.fc_input_channels: must be >= 0 (0 = none), got {yolo.fc_input_channels}.")
         if not 0.0 <= yolo.dropout < 1.0:
             raise ValueError(f"model.yolo.dropout: must be in [0, 1), got {yolo.dropout}.")
+        for key, zero in (("pretrain_steps", "no pretraining"), ("pretrain_crop_size", "half of data.image_size")):
+            if getattr(yolo, key) < 0:
+                raise ValueError(f"model.yolo.{key}: must be >= 0 (0 = {zero}), got {getattr(yolo, key)}.")
+        if yolo.pretrain_batch_size < 1:
+            raise ValueError(f"model.yolo.pretrain_batch_size: must be >= 1, got {yolo.pretrain_batch_size}.")
+        if not yolo.pretrain_learning_rate > 0:
+            raise ValueError(
+                f"model.yolo.pretrain_learning_rate: must be > 0, got {yolo.pretrain_learning_rate}."
+            )
         if yolo.confidence_target not in CONFIDENCE_TARGETS:
             raise ValueError(
                 f"model.yolo.confidence_target: one of {list(CONFIDENCE_TARGETS)}, got {yolo.confidence_target!r}."
