@@ -604,3 +604,22 @@ def test_pretraining_on_shapes_raises_crop_accuracy_above_chance(shapes_root):
     assert result["val_accuracy"] > max(0.5, majority + 0.2), (
         f"val crop accuracy after pretraining {result['val_accuracy']:.3f} (untrained {untrained:.3f})")
     np.testing.assert_allclose(accuracy(result["classifier"]), result["val_accuracy"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_task_pretrains_yolov1_before_detection_when_configured(shapes_root, tmp_path, capsys):
+    from tfvision.config import ExperimentConfig
+    from tfvision.tasks import detection
+
+    config = ExperimentConfig(name="yolov1_pretrain_test")
+    config.data.source, config.data.root, config.data.image_size, config.data.batch_size = "coco", str(
+        shapes_root), 64, 4
+    config.model = _v1_config(width=8)
+    config.model.yolo.pretrain_steps, config.model.yolo.pretrain_batch_size = 3, 8
+    config.train.steps_per_epoch, config.train.epochs, config.train.model_dir = 2, 1, str(tmp_path / "run")
+    metrics = detection.train(config)
+    printed = capsys.readouterr().out
+    assert "YOLOv1 pretraining: 3 steps classifying 32-px object crops" in printed
+    assert "YOLOv1 pretraining done: 3 steps" in printed
+    assert 0.0 <= metrics["coco"]["AP50"] <= 1.0
+    assert (tmp_path / "run" / "checkpoints" / "last.keras").is_file()
