@@ -88,12 +88,21 @@ def _select(example, keys):
     return example if keys is None else {k: v for k, v in example.items() if k in keys}
 
 
-def _fusion_options() -> tf.data.Options:
+def fusion_options() -> tf.data.Options:
     """Turns on map fusion: consecutive parallel maps become one (one function call and one hand-over
     between threads per example instead of several), and work whose outputs the later map drops is pruned."""
     options = tf.data.Options()
     options.experimental_optimization.map_fusion = True
     return options
+
+
+def example_seeds(seed=None, rerandomize_each_iteration: bool = True) -> tf.data.Dataset:
+    """An endless dataset of stateless-op seeds (int64 `[2]`) to zip beside examples or batches: the draws
+    are reproducible given `seed` whatever a map's parallelism, and new every epoch unless
+    `rerandomize_each_iteration` is False."""
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=rerandomize_each_iteration).batch(
+        2, drop_remainder=True
+    )
 
 
 def build_input_pipeline(
@@ -225,8 +234,7 @@ def build_input_pipeline(
         return transform_objects(batch, geometry, output_size, min_box_area)
 
     if options:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
-        dataset = tf.data.Dataset.zip(dataset, seeds)
+        dataset = tf.data.Dataset.zip(dataset, example_seeds(seed))
     # Without random augmentation `prepare` is deterministic and fuses into the loader's map.
     dataset = dataset.map(prepare, num_parallel_calls=autotune, deterministic=deterministic)
     # A plain batch() right after the map: tf.data fuses the two (map_and_batch_fusion), so each example's
@@ -234,4 +242,4 @@ def build_input_pipeline(
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if batch_objects:
         dataset = dataset.map(finish, num_parallel_calls=autotune, deterministic=deterministic)
-    return dataset.prefetch(autotune).with_options(_fusion_options())
+    return dataset.prefetch(autotune).with_options(fusion_options())

@@ -32,6 +32,7 @@ import os
 import tensorflow as tf
 
 from tfvision.config import ExperimentConfig
+from tfvision.data.pipeline import example_seeds
 from tfvision.tasks import detection
 from tfvision.tasks.checkpoints import check_label_map, load_trained_model
 
@@ -130,7 +131,7 @@ def region_pairs(examples: tf.data.Dataset, sampler, flip: bool, seed: int | Non
         seed: the seed of the flips and draws.
         vary: new draws every epoch (training) or the same ones (validation).
     """
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=vary).batch(2, drop_remainder=True)
+    seeds = example_seeds(seed, rerandomize_each_iteration=vary)
 
     def pair(example, batch_seed):
         flip_seed, sample_seed = tf.unstack(tf.random.experimental.stateless_split(batch_seed, 2))
