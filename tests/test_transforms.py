@@ -316,6 +316,14 @@ def test_geometries_hand_worked():
         always = transforms.scale_crop_geometry([40, 40], 40, seed=seed, flip_probability=1.0)
         assert bool(always["flip"])
     assert len(offsets) > 10
+    # Zoomed in by 2.04 * 40 / 48 = 1.7: a ceil(40 / 1.7) = 24-px window would round to 41 px; it is resized to
+    # the output's 40 instead, so nothing is resized only to be trimmed.
+    tight = transforms.scale_crop_geometry([48, 48], 40, scale_range=(2.04, 2.04), seed=0)
+    np.testing.assert_array_equal(tight["crop"], [24, 24])
+    np.testing.assert_array_equal(tight["resized"], [40, 40])
+    for seed in range(50):
+        jittered = transforms.scale_crop_geometry([37, 61], (24, 40), scale_range=(0.3, 3.0), seed=seed)
+        assert (jittered["resized"].numpy() <= [24, 40]).all() and (jittered["resized"].numpy() >= 1).all()
     flips = {bool(transforms.scale_crop_geometry([40, 40], 40, seed=s, flip_probability=0.5)["flip"])
              for s in range(20)}
     assert flips == {False, True}
