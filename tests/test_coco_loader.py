@@ -112,7 +112,10 @@ def test_label_map_remaps_noncontiguous_ids_in_ascending_order(tmp_path):
     assert label_map.to_contiguous() == {3: 1, 7: 2, 12: 3}
 
 
-def test_keys_dtypes_shapes_and_padding(tmp_path):
+@pytest.mark.parametrize("index", ["dense", "ragged"])
+def test_keys_dtypes_shapes_and_padding(tmp_path, monkeypatch, index):
+    # Small data sets keep their objects padded in the index; large ones ragged, padded per example.
+    monkeypatch.setattr(decode, "DENSE_INDEX_BYTES", decode.DENSE_INDEX_BYTES if index == "dense" else 0)
     root, _ = _write_folder(tmp_path)
     dataset, _ = _load(root, include_masks=True)
     specs = dataset.element_spec
@@ -142,6 +145,22 @@ def test_keys_dtypes_shapes_and_padding(tmp_path):
     np.testing.assert_array_equal(empty["boxes"], np.zeros((N, 4)))
     assert not empty["is_crowd"].any() and not empty["masks"].any()
     np.testing.assert_array_equal(empty["segmentation"], 0)  # no objects drawn: background
+
+
+def test_object_slices_dense_when_small_ragged_when_large(monkeypatch):
+    objects = [
+        decode.Objects(np.array([[1, 2, 3, 4]], np.float32), np.array([2], np.int32), np.array([True]),
+                       np.array([False])),
+        decode.Objects(np.zeros((0, 4), np.float32), np.zeros(0, np.int32), np.zeros(0, bool), np.zeros(0, bool)),
+    ]
+    dense = decode.object_slices(objects, 3)
+    np.testing.assert_array_equal(dense["boxes"], [[[1, 2, 3, 4], [0, 0, 0, 0], [0, 0, 0, 0]], np.zeros((3, 4))])
+    np.testing.assert_array_equal(dense["classes"], [[2, -1, -1], [-1, -1, -1]])
+    np.testing.assert_array_equal(dense["is_crowd"], [[True, False, False], [False] * 3])
+    monkeypatch.setattr(decode, "DENSE_INDEX_BYTES", 2 * 3 * 22 - 1)  # one byte short of the dense index
+    ragged = decode.object_slices(objects, 3)
+    assert isinstance(ragged["classes"], tf.RaggedTensor)
+    assert ragged["classes"].to_list() == [[2], []] and ragged["boxes"].to_list() == [[[1, 2, 3, 4]], []]
 
 
 def test_images_are_the_decoded_files(tmp_path):

@@ -165,6 +165,17 @@ def test_detection_example_by_hand(voc_root):
     np.testing.assert_array_equal(first["images"], image)
 
 
+def test_dense_and_ragged_index_give_the_same_examples(voc_root, monkeypatch):
+    dense = _examples(_load(voc_root, segmentation=True)[0])
+    monkeypatch.setattr(decode, "DENSE_INDEX_BYTES", 0)  # as a large data set: ragged rows, padded per example
+    ragged = _examples(_load(voc_root, segmentation=True)[0])
+    assert len(dense) == len(ragged) == 2
+    for a, b in zip(dense, ragged):
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
 def test_boxes_match_a_numpy_reference(voc_root):
     first = _examples(_load(voc_root)[0])[0]
     corners = np.array([o[1:5] for o in OBJECTS["000005"]], np.float32)  # xmin, ymin, xmax, ymax, 1-based

@@ -456,7 +456,7 @@ def _dataset(images, max_instances, include_masks, draw_semantic, has_class_maps
         "path": tf.constant([im.path for im in images]),
         "image_id": tf.constant([im.image_id for im in images], tf.int64),
         "size": tf.constant([[im.height, im.width] for im in images], tf.int32),
-        **decode.object_slices(objects),
+        **decode.object_slices(objects, max_instances),
     }
     if has_class_maps:
         slices["class_map_path"] = tf.constant([im.class_map_path for im in images])

@@ -106,7 +106,7 @@ def load_voc(
     slices = {
         "path": tf.constant([im["path"] for im in images]),
         "image_id": tf.constant([im["image_id"] for im in images], tf.int64),
-        **decode.object_slices(objects),
+        **decode.object_slices(objects, max_instances),
     }
     if segmentation:
         slices["class_map_path"] = tf.constant([im["class_map_path"] for im in images])
