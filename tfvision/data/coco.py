@@ -173,7 +173,7 @@ def load_coco(
         dataset = dataset.shuffle(len(images), reshuffle_each_iteration=True)
     to_example = functools.partial(
         _to_example, max_instances=max_instances, include_masks=include_masks, draw_semantic=draw_semantic,
-        has_class_maps=semantic_dir is not None,
+        has_class_maps=semantic_dir is not None, check_size=not validate_images,
     )
     return dataset.map(to_example, num_parallel_calls=tf.data.AUTOTUNE), label_map
 
@@ -493,16 +493,17 @@ def _layers(image, draw_semantic):
     return rles, values, [int(i) for i in image.kept]
 
 
-def _to_example(s, max_instances, include_masks, draw_semantic, has_class_maps):
+def _to_example(s, max_instances, include_masks, draw_semantic, has_class_maps, check_size):
     """The tf.data map: one index slice -> one example dict (decodes the image, masks and class map)."""
     image = decode.read_image(s["path"])
-    # Masks and boxes follow the JSON's size; a file of another size (only possible with validate_images=False)
-    # must fail here, with its name, not later as a shape mismatch.
-    same_size = tf.reduce_all(tf.equal(tf.shape(image, out_type=tf.int32)[:2], s["size"]))
-    check = tf.debugging.Assert(same_size, [s["path"], "has a different size (height, width) than the "
-                                            "annotation file says:", tf.shape(image)[:2], "vs", s["size"]])
-    with tf.control_dependencies([check]):
-        image = tf.identity(image)
+    if check_size:
+        # Masks and boxes follow the JSON's size; a file of another size must fail here, with its name, not
+        # later as a shape mismatch. Validated images (the default) had their size checked at build time.
+        same_size = tf.reduce_all(tf.equal(tf.shape(image, out_type=tf.int32)[:2], s["size"]))
+        check = tf.debugging.Assert(same_size, [s["path"], "has a different size (height, width) than the "
+                                                "annotation file says:", tf.shape(image)[:2], "vs", s["size"]])
+        with tf.control_dependencies([check]):
+            image = tf.identity(image)
     objects = {key: s[key] for key in ("boxes", "classes", "is_crowd", "difficult")}
     masks = drawn = None
     if include_masks or draw_semantic:
