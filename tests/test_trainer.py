@@ -17,6 +17,7 @@ from tfvision.evaluation.segmentation import MeanIoU
 from tfvision.losses import SegmentationLoss
 from tfvision.training import Trainer, build_schedule, segmentation_pairs
 from tfvision.training.schedules import Constant, LinearWarmup, StepDecay
+from tfvision.training import trainer as trainer_module
 from tfvision.training.trainer import build_optimizer
 
 
@@ -217,14 +218,26 @@ def test_freezing_needs_a_backbone_layer(tmp_path):
         make_trainer(config, build=no_backbone)
 
 
+def test_mixed_precision_policy_is_float16_only_on_gpus(monkeypatch):
+    strategy = tf.distribute.get_strategy()
+    assert trainer_module._policy_name(False, strategy) == "float32"
+    # This machine has no GPU: bfloat16, which CPUs compute natively (float16 only in slow emulation).
+    assert not tf.config.list_logical_devices("GPU")
+    assert trainer_module._policy_name(True, strategy) == "mixed_bfloat16"
+    gpu = tf.config.LogicalDevice("/device:GPU:0", "GPU")
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: [gpu] if kind == "GPU" else [])
+    assert trainer_module._policy_name(True, strategy) == "mixed_float16"
+
+
 @pytest.mark.slow
-def test_mixed_precision_sets_the_policy_and_scales_the_loss(tmp_path):
+def test_mixed_precision_sets_the_policy_and_trains(tmp_path):
     try:
         trainer = make_trainer(make_config(tmp_path, epochs=1, mixed_precision=True))
-        assert keras.mixed_precision.global_policy().name == "mixed_float16"
-        assert trainer.model.get_layer("logits").compute_dtype == "float16"
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # a CPU-only machine
+        assert trainer.model.get_layer("logits").compute_dtype == "bfloat16"
         history = trainer.fit(pattern_pairs(), verbose=0)
-        assert isinstance(trainer.model.optimizer, keras.optimizers.LossScaleOptimizer)
+        # bfloat16 has float32's exponent range: no loss scaling.
+        assert not isinstance(trainer.model.optimizer, keras.optimizers.LossScaleOptimizer)
         assert math.isfinite(history.history["loss"][0])
         assert trainer.model.get_layer("logits").kernel.dtype == "float32"  # variables stay float32
         make_trainer(make_config(tmp_path, "fp32", epochs=1))

@@ -30,9 +30,10 @@ Multi-worker: Keras 3.15's `fit` fails under `MultiWorkerMirroredStrategy` in tw
 build and its averaging of scalar step outputs, keras-team/keras#20585); the Trainer works around both, see
 `Trainer._build_for_multi_worker`.
 
-Mixed precision: Keras 3 needs only the `mixed_float16` global policy before the model is built; `compile`
-then wraps the optimizer in a `LossScaleOptimizer` itself (`auto_scale_loss=True`), and losses are computed
-in float32 (`SegmentationLoss` casts its inputs).
+Mixed precision: Keras 3 needs only the global policy before the model is built (`mixed_float16` on GPUs,
+`mixed_bfloat16` on CPUs and TPUs, see `_policy_name`); under float16 `compile` wraps the optimizer in a
+`LossScaleOptimizer` itself (`auto_scale_loss=True`), and losses are computed in float32 (`SegmentationLoss`
+casts its inputs).
 
 Example:
     trainer = Trainer(config, lambda: build_model(config), loss=build_segmentation_loss(config.train.loss),
@@ -404,10 +405,14 @@ def _eval_epochs(epochs, every):
 
 
 def _policy_name(mixed_precision, strategy):
+    """The Keras policy for `train.mixed_precision`: float16 (with a LossScaleOptimizer) where it is fast, on
+    GPUs; bfloat16, which needs no loss scaling, on TPUs and CPUs. CPUs have bfloat16 kernels (AVX512-BF16,
+    AMX) but run float16 in slow emulation: a YOLOv1 training step took minutes instead of 80 ms."""
     if not mixed_precision:
         return "float32"
-    # TPUs compute in bfloat16, which needs no loss scaling; elsewhere float16 with a LossScaleOptimizer.
-    return "mixed_bfloat16" if isinstance(strategy, tf.distribute.TPUStrategy) else "mixed_float16"
+    if isinstance(strategy, tf.distribute.TPUStrategy) or not tf.config.list_logical_devices("GPU"):
+        return "mixed_bfloat16"
+    return "mixed_float16"
 
 
 def _backbone_layer(model, name=BACKBONE_LAYER):
