@@ -319,9 +319,9 @@ def warn_truncated(counts, max_instances: int, source: str) -> None:
 
 
 # Up to this many bytes, an index keeps its objects dense, already padded to max_instances: slicing then gives
-# each example its padded rows directly, with none of the ~15 unpack-and-pad ops per example that ragged rows
-# need (a tenth of the per-example work of a 128-px training pipeline). Larger indexes (COCO train at N = 100:
-# ~260 MB) stay ragged, and each example is padded in the map.
+# each example its padded rows directly, without the ~10 unpack-and-pad ops per example that ragged rows need
+# (a 128-px training pipeline runs ~45 ops per example). Larger indexes (COCO train at N = 100: ~260 MB) stay
+# ragged, and each example is padded in the map.
 DENSE_INDEX_BYTES = 64 << 20
 _OBJECT_BYTES = 4 * 4 + 4 + 1 + 1  # a box, a class, two flags
 
