@@ -32,6 +32,9 @@ from tfvision.ops import boxes as box_ops
 IGNORE = 255
 """Semantic-map value for pixels to ignore (unknown, object borders, crowd regions)."""
 
+# Keys with one row per object, and the value their padding rows hold (see `example`).
+PER_BOX_PADDING = {"boxes": 0.0, "classes": -1, "is_crowd": False, "difficult": False, "masks": 0}
+
 ON_ERROR = ("raise", "skip")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -348,10 +351,10 @@ def object_slices(objects: list[Objects], max_instances: int) -> dict:
         return tf.RaggedTensor.from_row_lengths(tf.constant(flat.astype(dtype).reshape((-1, *inner))), lengths)
 
     return {
-        "boxes": rows([o.boxes for o in objects], np.float32, 0.0, (4,)),
-        "classes": rows([o.classes for o in objects], np.int32, -1),
-        "is_crowd": rows([o.is_crowd for o in objects], bool, False),
-        "difficult": rows([o.difficult for o in objects], bool, False),
+        "boxes": rows([o.boxes for o in objects], np.float32, PER_BOX_PADDING["boxes"], (4,)),
+        "classes": rows([o.classes for o in objects], np.int32, PER_BOX_PADDING["classes"]),
+        "is_crowd": rows([o.is_crowd for o in objects], bool, PER_BOX_PADDING["is_crowd"]),
+        "difficult": rows([o.difficult for o in objects], bool, PER_BOX_PADDING["difficult"]),
     }
 
 
@@ -424,14 +427,15 @@ def example(image, objects: dict, segmentation, image_id, max_instances: int, ma
         # Already padded (a dense index, see `object_slices`): only masks, made per example, need padding.
         padded = {key: objects[key] for key in keys}
         if masks is not None:
-            padded["masks"] = _row_padder(max_instances - tf.shape(masks)[0], max_instances)(masks, 0)
+            padded["masks"] = _row_padder(max_instances - tf.shape(masks)[0], max_instances)(
+                masks, PER_BOX_PADDING["masks"]
+            )
     else:
         # One padding amount for all per-object keys (they have the same n).
         pad_rows = _row_padder(max_instances - tf.shape(objects["classes"])[0], max_instances)
-        values = {"boxes": 0.0, "classes": -1, "is_crowd": False, "difficult": False}
-        padded = {key: pad_rows(objects[key], values[key]) for key in keys}
+        padded = {key: pad_rows(objects[key], PER_BOX_PADDING[key]) for key in keys}
         if masks is not None:
-            padded["masks"] = pad_rows(masks, 0)
+            padded["masks"] = pad_rows(masks, PER_BOX_PADDING["masks"])
     return {
         "images": image,
         **{key: padded[key] for key in keys},

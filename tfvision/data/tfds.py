@@ -24,6 +24,7 @@ import functools
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tfvision.data.decode import IGNORE
 from tfvision.data.label_map import LabelMap
 from tfvision.ops import boxes as box_ops
 
@@ -53,7 +54,6 @@ COCO_2017_CATEGORIES = (
 
 PET_CLASSES = ("binary", "species", "breed")
 PET_BOXES = ("head", "mask")
-IGNORE = 255
 
 # Oxford-IIIT Pet trimap values.
 _TRIMAP_PET, _TRIMAP_BACKGROUND, _TRIMAP_BORDER = 1, 2, 3

@@ -32,10 +32,8 @@ import numbers
 
 import tensorflow as tf
 
+from tfvision.data.decode import IGNORE, PER_BOX_PADDING
 
-IGNORE = 255
-# Keys with one row per object, and the value their padding rows hold.
-PER_BOX_PADDING = {"boxes": 0.0, "classes": -1, "is_crowd": False, "difficult": False, "masks": 0}
 # Defaults of `photometric_jitter`, on the 0..255 scale (SSD's 32/255 brightness, 18 degrees of hue).
 BRIGHTNESS = 32.0
 CONTRAST = (0.5, 1.5)
