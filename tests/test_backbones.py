@@ -108,7 +108,8 @@ def test_pool_indices_point_at_the_maxima():
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, variance = layer.get_weights()
             shift = rng.uniform(0.5, 1.5, beta.shape).astype("float32")
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape).astype("float32"), shift, 0 * mean, 0 * variance + 1])
+            scale = rng.uniform(0.5, 1.5, gamma.shape).astype("float32")
+            layer.set_weights([scale, shift, np.zeros_like(mean), np.ones_like(variance)])
     features = backbone(_images((2, 36, 44, 3)))  # odd sizes on the way: 44 -> 22 -> 11 -> 5 -> 2 -> 1
     for k in range(1, 6):
         prepool = np.asarray(features[f"prepool{k}"])
