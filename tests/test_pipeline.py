@@ -198,6 +198,22 @@ def test_cache(tmp_path, in_files):
         assert any(p.name.startswith("cache") for p in tmp_path.iterdir())
 
 
+def test_cached_training_shuffles_the_whole_set_every_epoch():
+    # The cache replays the first epoch's order, so a small shuffle buffer would leave each example near its
+    # cached position; with the cache, training shuffles over the whole set instead.
+    count = 64
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {"images": np.zeros((count, 8, 8, 3), np.uint8), "image_id": np.arange(count, dtype=np.int64)}
+    )
+    pipeline = build_input_pipeline(dataset, 8, 4, training=True, augment=(), shuffle_buffer=2, seed=3, cache=True)
+    epochs = [np.concatenate([batch["image_id"].numpy() for batch in pipeline]) for _ in range(3)]
+    for order in epochs:
+        assert sorted(order) == list(range(count))  # each example once per epoch
+        # A buffer of 2 moves an example at most a few places forward; the whole-set shuffle moves them far.
+        assert np.abs(order - np.arange(count)).max() > count // 2
+    assert len({tuple(order) for order in epochs}) == 3  # a new order every epoch
+
+
 def per_example_reference(examples, size, seed, flip_probability=0.5, scale_range=(0.5, 2.0)):
     """What the training pipeline (shuffle_buffer=0) promises for each example, from the per-example
     transforms: the geometry drawn from its seed (the first epoch of Dataset.random(seed)), applied in full.

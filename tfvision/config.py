@@ -44,7 +44,9 @@ class DataConfig:
     `voc` (a VOCdevkit year folder at `root`, e.g. VOCdevkit/VOC2012) or `tfds` (`tfds_name`).
     `augment` names the training augmentations (`flip`, `scale_jitter`, `photometric`; `[]` for none) and
     `scale_range` the (min, max) zoom of scale jitter: short runs on small images learn faster with milder
-    jitter than the (0.5, 2.0) that long runs on real photos use.
+    jitter than the (0.5, 2.0) that long runs on real photos use. `cache` keeps the decoded training images
+    in memory after the first epoch (for data sets that fit, like shapes: it frees the CPU time of reading
+    and decoding for the training steps); see `pipeline.build_input_pipeline`.
     """
 
     source: Literal["shapes", "coco", "voc", "tfds"] = "shapes"
@@ -59,6 +61,7 @@ class DataConfig:
     augment: tuple[Literal["flip", "scale_jitter", "photometric", "expand", "min_iou_crop"], ...] = (
         "flip", "scale_jitter")
     scale_range: tuple[float, ...] = (0.5, 2.0)
+    cache: bool = False
     shapes: ShapesConfig = dataclasses.field(default_factory=ShapesConfig)
 
 

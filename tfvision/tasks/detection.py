@@ -62,7 +62,7 @@ def datasets(config: ExperimentConfig):
     mask_keys = ("masks",) if masks else ()
     train_examples = pipeline.build_input_pipeline(
         train_split.dataset, data.image_size, data.batch_size, training=True, augment=augmentations(data),
-        seed=config.train.seed, keys=TRAIN_KEYS + mask_keys,
+        seed=config.train.seed, keys=TRAIN_KEYS + mask_keys, cache=data.cache,
     )
     val_examples = pipeline.build_input_pipeline(
         val_split.dataset, data.image_size, data.batch_size, training=False, keys=EVAL_KEYS + mask_keys

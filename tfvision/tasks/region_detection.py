@@ -105,7 +105,7 @@ def datasets(config: ExperimentConfig):
     # No augmentation inside the pipeline: each image id always gives the same resized image.
     train_examples = pipeline.build_input_pipeline(
         train_split.dataset, data.image_size, data.batch_size, training=True, augment=(), seed=config.train.seed,
-        keys=TRAIN_KEYS,
+        keys=TRAIN_KEYS, cache=data.cache,
     )
     val_examples = pipeline.build_input_pipeline(
         val_split.dataset, data.image_size, data.batch_size, training=False, keys=EVAL_KEYS

@@ -29,7 +29,7 @@ def datasets(config: ExperimentConfig):
     check_label_map(config, train.label_map)
     train_ds = pipeline.build_input_pipeline(
         train.dataset, data.image_size, data.batch_size, training=True, augment=augmentations(data),
-        seed=config.train.seed, keys=PIPELINE_KEYS,
+        seed=config.train.seed, keys=PIPELINE_KEYS, cache=data.cache,
     )
     val_ds = pipeline.build_input_pipeline(
         val.dataset, data.image_size, data.batch_size, training=False, keys=PIPELINE_KEYS
