@@ -22,7 +22,7 @@ def _center_iou(a, b):
 
 
 def _yolov1_loss_loop(boxes, mask, class_probs, grid, nb, lambda_coord, lambda_noobj, confidence_target,
-                      class_weight=1.0):
+                      class_weight=1.0, small_box_weight=False):
     """The paper's eq. 3, one cell and one predictor at a time."""
     batch, s = grid.shape[:2]
     terms = dict(coord_loss=0.0, object_loss=0.0, noobject_loss=0.0, class_loss=0.0)
@@ -40,7 +40,7 @@ def _yolov1_loss_loop(boxes, mask, class_probs, grid, nb, lambda_coord, lambda_n
                 for k in range(nb):
                     x, y, sw, sh, c = cell[5 * k:5 * k + 5]
                     if k == responsible:
-                        terms["coord_loss"] += lambda_coord * (
+                        terms["coord_loss"] += lambda_coord * (2.0 - tw * th if small_box_weight else 1.0) * (
                             (x - tx) ** 2 + (y - ty) ** 2 + (sw - math.sqrt(tw)) ** 2 + (sh - math.sqrt(th)) ** 2
                         )
                         goal = ious[k] if confidence_target == "iou" else 1.0
@@ -86,10 +86,18 @@ def test_yolov1_loss_hand_worked_single_cell():
     for key in ("coord_loss", "object_loss", "noobject_loss"):
         np.testing.assert_allclose(float(weighted[key]), expected[key], rtol=1e-5, err_msg=key)
     np.testing.assert_allclose(float(weighted["loss"]), 0.3615934 + 2 * 0.13, rtol=1e-5)
+    # small_box_weight: the coordinate term times 2 - w * h = 2 - 0.0625 = 1.9375; the others unchanged.
+    small = yolov1_loss(targets, grid, boxes_per_cell=2, num_classes=2, small_box_weight=True)
+    np.testing.assert_allclose(float(small["coord_loss"]), 1.9375 * 0.1, rtol=1e-5)
+    for key in ("object_loss", "noobject_loss", "class_loss"):
+        np.testing.assert_allclose(float(small[key]), expected[key], rtol=1e-5, err_msg=key)
 
 
-@pytest.mark.parametrize("confidence_target,class_weight", [("iou", 1.0), ("one", 1.0), ("iou", 2.5)])
-def test_yolov1_loss_matches_numpy_loop(confidence_target, class_weight):
+@pytest.mark.parametrize(
+    "confidence_target,class_weight,small_box_weight",
+    [("iou", 1.0, False), ("one", 1.0, False), ("iou", 2.5, False), ("one", 1.0, True)],
+)
+def test_yolov1_loss_matches_numpy_loop(confidence_target, class_weight, small_box_weight):
     rng = np.random.default_rng(3)
     batch, s, nb, k = 3, 3, 2, 4
     mask = (rng.random([batch, s, s]) < 0.4).astype(np.float32)
@@ -100,8 +108,10 @@ def test_yolov1_loss_matches_numpy_loop(confidence_target, class_weight):
     grid = rng.uniform(-0.2, 1.0, [batch, s, s, nb * 5 + k]).astype(np.float32)  # some negative sqrt(w)
     targets = {"boxes": boxes, "object_mask": mask, "class_probs": class_probs}
     got = yolov1_loss(targets, grid, boxes_per_cell=nb, num_classes=k, lambda_coord=5.0, lambda_noobj=0.5,
-                      confidence_target=confidence_target, class_weight=class_weight)
-    want = _yolov1_loss_loop(boxes, mask, class_probs, grid, nb, 5.0, 0.5, confidence_target, class_weight)
+                      confidence_target=confidence_target, class_weight=class_weight,
+                      small_box_weight=small_box_weight)
+    want = _yolov1_loss_loop(boxes, mask, class_probs, grid, nb, 5.0, 0.5, confidence_target, class_weight,
+                             small_box_weight)
     for key, value in want.items():
         np.testing.assert_allclose(float(got[key]), value, rtol=1e-4, atol=1e-6, err_msg=key)
 

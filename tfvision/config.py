@@ -180,6 +180,7 @@ class YOLOConfig:
     dropout: float = 0.5  # v1: after the first fully connected layer
     fc_input_channels: int = 0  # v1: 1x1 conv to this many channels before Flatten (0 = none, the paper)
     confidence_target: Literal["iou", "one"] = "iou"  # v1: responsible box's confidence target (paper: IoU)
+    small_box_weight: bool = False  # v1: coordinate error times 2 - w * h, as darknet's v2/v3 (paper: False)
     neck_filters: int = 128  # v3: neck channels at stride 8, doubled at 16 and 32
     assign_iou: float = 1.0  # v3: also assign objects to priors with shape IoU above this (1.0 = best only)
     box_loss_weight: float = 1.0  # v3: weights of the GIoU, objectness and class terms

@@ -32,7 +32,7 @@ def _cell_iou(pred, target, grid_size):
 
 
 def yolov1_loss(targets, grid, *, boxes_per_cell, num_classes, lambda_coord=5.0, lambda_noobj=0.5,
-                confidence_target="iou", class_weight=1.0) -> dict:
+                confidence_target="iou", class_weight=1.0, small_box_weight=False) -> dict:
     """YOLOv1's sum-squared loss (Redmon et al., 2016, eq. 3).
 
         lambda_coord * sum_obj_ij [(x - x^)^2 + (y - y^)^2 + (sqrt w - sqrt w^)^2 + (sqrt h - sqrt h^)^2]
@@ -44,6 +44,9 @@ def yolov1_loss(targets, grid, *, boxes_per_cell, num_classes, lambda_coord=5.0,
     Pr(object) * IoU, held constant) or 1 (`confidence_target="one"`). Summed over the batch, divided by the
     batch size. `class_weight` multiplies the class term (1 = the paper): only object cells carry it, so with
     few objects per image it is a small share of the loss, and a short run learns boxes before classes.
+    `small_box_weight` multiplies each object's coordinate error by 2 - w * h (w, h fractions of the image), as
+    darknet's YOLOv2/v3 layers scale their box deltas: the square roots of the sizes only partly make a pixel
+    of error in a small box count as much as it costs its IoU.
 
     Args:
         targets: `encode_yolov1_targets` output: `boxes` `[B, S, S, 4]` (x, y, w, h), `object_mask`
@@ -55,6 +58,7 @@ def yolov1_loss(targets, grid, *, boxes_per_cell, num_classes, lambda_coord=5.0,
         lambda_coord, lambda_noobj: the paper's weights (5 and 0.5).
         confidence_target: "iou" (the paper) or "one".
         class_weight: multiplies the class term (the paper: 1).
+        small_box_weight: weight the coordinate error by 2 - w * h of the object (the paper: False, 1).
 
     Returns:
         dict of float32 scalars: `loss` (the sum), `coord_loss`, `object_loss`, `noobject_loss`, `class_loss`.
@@ -83,6 +87,8 @@ def yolov1_loss(targets, grid, *, boxes_per_cell, num_classes, lambda_coord=5.0,
     coord_error = tf.reduce_sum(
         tf.square(pred_boxes[..., :2] - target_boxes[..., :2]), axis=-1
     ) + tf.reduce_sum(tf.square(pred_boxes[..., 2:] - tf.sqrt(target_boxes[..., 2:])), axis=-1)
+    if small_box_weight:
+        coord_error *= 2.0 - target_boxes[..., 2] * target_boxes[..., 3]
     confidence_goal = iou if confidence_target == "iou" else tf.ones_like(iou)
     batch = _batch_size(grid)
     coord = lambda_coord * tf.reduce_sum(responsible * coord_error) / batch

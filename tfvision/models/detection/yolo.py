@@ -172,12 +172,14 @@ class YOLOv1(Detector):
         lambda_coord, lambda_noobj: the loss weights.
         confidence_target: "iou" (the paper) or "one".
         class_loss_weight: multiplies the loss's class term (the paper: 1).
+        small_box_weight: weights each object's coordinate error by 2 - w * h (see `yolov1_loss`).
     """
 
     loss_names = ("coord_loss", "object_loss", "noobject_loss", "class_loss")
 
     def __init__(self, network, decoder, image_size, grid_size=7, boxes_per_cell=2, num_classes=20,
-                 lambda_coord=5.0, lambda_noobj=0.5, confidence_target="iou", class_loss_weight=1.0, **kwargs):
+                 lambda_coord=5.0, lambda_noobj=0.5, confidence_target="iou", class_loss_weight=1.0,
+                 small_box_weight=False, **kwargs):
         super().__init__(network, decoder, image_size, **kwargs)
         self.grid_size = int(grid_size)
         self.boxes_per_cell = int(boxes_per_cell)
@@ -186,6 +188,7 @@ class YOLOv1(Detector):
         self.lambda_noobj = float(lambda_noobj)
         self.confidence_target = confidence_target
         self.class_loss_weight = float(class_loss_weight)
+        self.small_box_weight = bool(small_box_weight)
 
     def decode_predictions(self, raw):
         grid = tf.cast(raw["grid"], tf.float32)
@@ -211,7 +214,7 @@ class YOLOv1(Detector):
         return yolov1_loss(
             targets, raw["grid"], boxes_per_cell=self.boxes_per_cell, num_classes=self.num_classes,
             lambda_coord=self.lambda_coord, lambda_noobj=self.lambda_noobj, confidence_target=self.confidence_target,
-            class_weight=self.class_loss_weight,
+            class_weight=self.class_loss_weight, small_box_weight=self.small_box_weight,
         )
 
     def get_config(self):
@@ -224,6 +227,7 @@ class YOLOv1(Detector):
             "lambda_noobj": self.lambda_noobj,
             "confidence_target": self.confidence_target,
             "class_loss_weight": self.class_loss_weight,
+            "small_box_weight": self.small_box_weight,
         })
         return config
 
@@ -447,7 +451,8 @@ def build_yolo(model_config, input_shape=(448, 448, 3)) -> Detector:
         model = YOLOv1(
             network, decoder, image_size, grid_size=yolo.grid_size, boxes_per_cell=yolo.boxes_per_cell,
             num_classes=model_config.num_classes, lambda_coord=yolo.lambda_coord, lambda_noobj=yolo.lambda_noobj,
-            confidence_target=yolo.confidence_target, class_loss_weight=yolo.class_loss_weight, name="yolov1",
+            confidence_target=yolo.confidence_target, class_loss_weight=yolo.class_loss_weight,
+            small_box_weight=yolo.small_box_weight, name="yolov1",
         )
     else:
         strides = yolo_targets.YOLOV3_STRIDES
