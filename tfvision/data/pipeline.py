@@ -177,8 +177,9 @@ def build_input_pipeline(
         dataset = dataset.map(lambda example: _select(example, keys), num_parallel_calls=autotune)
     if cache:
         dataset = dataset.cache() if cache is True else dataset.cache(str(cache))
-        if training and shuffle_buffer and dataset.cardinality() > 0:
-            shuffle_buffer = max(shuffle_buffer, int(dataset.cardinality()))
+        size = int(dataset.cardinality())  # < 0 when infinite or unknown
+        if training and shuffle_buffer and size > 0:
+            shuffle_buffer = max(shuffle_buffer, size)
     if training and shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
