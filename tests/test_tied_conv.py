@@ -10,6 +10,7 @@ import tensorflow as tf
 from layer_testing import assert_serialization_round_trip, dtype_policy
 
 from tfvision.layers import TiedConv2DTranspose
+from tfvision.layers.tied_conv import spread_kernel
 
 # The lecture's "Transposed Convolution Example".
 LECTURE_X = np.array([[120, 150, 120], [100, 50, 110], [25, 25, 10]], np.float32)
@@ -130,9 +131,13 @@ def test_tied_equals_rotated_kernel_convolution_and_conv2d_transpose(height, wid
     kernel_np = conv.kernel.numpy()
     expected = reference_transpose(z, kernel_np, (height, width), stride, padding, dilation) + bias
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
-    direct = tf.nn.conv2d_transpose(
-        z, kernel_np, x.shape, strides=stride, padding=padding.upper(), dilations=dilation
-    ).numpy()
+    # TensorFlow's own transpose: the gradient of its forward convolution (tf.nn.convolution reaches dilated
+    # convolutions through space_to_batch where a CPU kernel has no dilation).
+    x_var = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_var)
+        forward = tf.nn.convolution(x_var, kernel_np, strides=stride, padding=padding.upper(), dilations=dilation)
+    direct = tape.gradient(forward, x_var, output_gradients=tf.constant(z)).numpy()
     np.testing.assert_allclose(out, direct + bias, rtol=1e-5, atol=1e-5)
     # Adjoint: <conv(x), z> = <tied(z), x> (without the decoder's bias).
     np.testing.assert_allclose(np.sum(encoded * z), np.sum((out - bias) * x), rtol=1e-4)
@@ -328,3 +333,10 @@ def test_rejects_z_with_wrong_channel_count():
     conv(x)
     with pytest.raises(ValueError, match="z has 5 channels but encoder .* has 3 filters"):
         TiedConv2DTranspose(conv)([keras.Input((6, 6, 5)), x])
+
+
+def test_spread_kernel_puts_rate_minus_one_zeros_between_taps():
+    kernel = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)[:, :, None, None]
+    assert spread_kernel(tf.constant(kernel), (1, 1)).numpy().tolist() == kernel.tolist()
+    spread = spread_kernel(tf.constant(kernel), (2, 3)).numpy()[:, :, 0, 0]
+    np.testing.assert_array_equal(spread, [[1, 0, 0, 2], [0, 0, 0, 0], [3, 0, 0, 4]])

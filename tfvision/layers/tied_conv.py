@@ -194,7 +194,9 @@ class TiedConv2DTranspose(keras.layers.Layer):
             )
         self._check_shapes(z.shape, like.shape)
         encoder = self._encoder
-        kernel = keras.ops.cast(encoder.kernel, self.compute_dtype)
+        # The dilated kernel as a plain one with zeros between its taps: TensorFlow's CPU kernels without oneDNN
+        # (which it leaves off on CPUs without AVX512-VNNI/BF16 or AMX) have no dilated Conv2DBackpropInput.
+        kernel = spread_kernel(keras.ops.cast(encoder.kernel, self.compute_dtype), encoder.dilation_rate)
         output_shape = tf.concat([tf.shape(like)[:3], tf.shape(kernel)[2:3]], axis=0)
         outputs = tf.nn.conv2d_transpose(
             keras.ops.cast(z, self.compute_dtype),
@@ -202,7 +204,6 @@ class TiedConv2DTranspose(keras.layers.Layer):
             output_shape,
             strides=[1, *encoder.strides, 1],
             padding=encoder.padding.upper(),
-            dilations=[1, *encoder.dilation_rate, 1],
         )
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, keras.ops.cast(self.bias, self.compute_dtype))
@@ -223,3 +224,18 @@ class TiedConv2DTranspose(keras.layers.Layer):
             }
         )
         return config
+
+
+def spread_kernel(kernel, dilation_rate):
+    """A `[kh, kw, in, out]` conv kernel with `rate - 1` zeros between neighbouring taps along each spatial axis:
+    `[(kh - 1) * rh + 1, (kw - 1) * rw + 1, in, out]`. Convolving with it undilated is convolving with `kernel` at
+    `dilation_rate`, padding included (TF's "same" padding depends only on the effective kernel size)."""
+    for axis, rate in enumerate(int(r) for r in dilation_rate):
+        if rate == 1:
+            continue
+        taps = kernel.shape[axis]
+        zeros_after = [[0, rate - 1] if i == axis + 1 else [0, 0] for i in range(5)]
+        spread = tf.pad(tf.expand_dims(kernel, axis + 1), zeros_after)  # [..., taps, rate, ...]
+        shape = [*kernel.shape[:axis], taps * rate, *kernel.shape[axis + 1:]]
+        kernel = tf.reshape(spread, shape)[(slice(None),) * axis + (slice(0, (taps - 1) * rate + 1),)]
+    return kernel
