@@ -218,22 +218,45 @@ def test_freezing_needs_a_backbone_layer(tmp_path):
         make_trainer(config, build=no_backbone)
 
 
-def test_mixed_precision_policy_is_float16_only_on_gpus(monkeypatch):
+def _cpuinfo(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_mixed_precision_policy_is_float16_only_on_gpus(monkeypatch, tmp_path):
     strategy = tf.distribute.get_strategy()
-    assert trainer_module._policy_name(False, strategy) == "float32"
-    # This machine has no GPU: bfloat16, which CPUs compute natively (float16 only in slow emulation).
+    bf16_cpu = _cpuinfo(tmp_path, "bf16", "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    assert trainer_module._policy_name(False, strategy, bf16_cpu) == "float32"
     assert not tf.config.list_logical_devices("GPU")
-    assert trainer_module._policy_name(True, strategy) == "mixed_bfloat16"
+    assert trainer_module._policy_name(True, strategy, bf16_cpu) == "mixed_bfloat16"
     gpu = tf.config.LogicalDevice("/device:GPU:0", "GPU")
     monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: [gpu] if kind == "GPU" else [])
-    assert trainer_module._policy_name(True, strategy) == "mixed_float16"
+    assert trainer_module._policy_name(True, strategy, bf16_cpu) == "mixed_float16"
+
+
+def test_mixed_precision_is_float32_on_cpus_that_would_emulate_bfloat16(tmp_path):
+    strategy = tf.distribute.get_strategy()
+    avx2_cpu = _cpuinfo(tmp_path, "avx2", "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+                                  "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    with pytest.warns(UserWarning, match="no bfloat16 instructions"):
+        assert trainer_module._policy_name(True, strategy, avx2_cpu) == "float32"
+    arm_cpu = _cpuinfo(tmp_path, "arm", "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
+    assert trainer_module._policy_name(True, strategy, arm_cpu) == "mixed_bfloat16"
+    assert trainer_module.cpu_has_bfloat16(avx2_cpu) is False
+    assert trainer_module.cpu_has_bfloat16(arm_cpu) is True
+    # Where the features cannot be read (not Linux), the request stands.
+    missing = str(tmp_path / "no_such_file")
+    assert trainer_module.cpu_has_bfloat16(missing) is None
+    assert trainer_module._policy_name(True, strategy, missing) == "mixed_bfloat16"
 
 
 @pytest.mark.slow
-def test_mixed_precision_sets_the_policy_and_trains(tmp_path):
+def test_mixed_precision_sets_the_policy_and_trains(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "cpu_has_bfloat16", lambda cpuinfo: True)  # as on a bfloat16 CPU
     try:
         trainer = make_trainer(make_config(tmp_path, epochs=1, mixed_precision=True))
-        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # a CPU-only machine
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
         assert trainer.model.get_layer("logits").compute_dtype == "bfloat16"
         history = trainer.fit(pattern_pairs(), verbose=0)
         # bfloat16 has float32's exponent range: no loss scaling.

@@ -385,7 +385,7 @@ class TrainConfig:
     decay_epochs: tuple[int, ...] = ()
     decay_rate: float = 0.1
     strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = "default"
-    mixed_precision: bool = False  # mixed_float16 on GPUs, mixed_bfloat16 on CPUs and TPUs
+    mixed_precision: bool = False  # mixed_float16 on GPUs; mixed_bfloat16 on TPUs and bfloat16 CPUs, else float32
     jit_compile: bool = False
     eval_every_epochs: int = 1
     model_dir: str = "runs/experiment"
