@@ -63,3 +63,13 @@ def test_console_script_lists_the_commands():
     result = subprocess.run([sys.executable, "-m", "tfvision.cli", "--help"], capture_output=True, text=True,
                             check=True)
     assert "data" in result.stdout
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
+def test_importing_tfvision_turns_on_onednn_unless_the_user_chose(preset, expected):
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if preset is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = preset
+    code = "import os, sys, tfvision; print(os.environ['TF_ENABLE_ONEDNN_OPTS'], 'tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [expected, "False"]  # set before anything imports TensorFlow
