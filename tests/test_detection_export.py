@@ -85,6 +85,7 @@ def _expected(model, images):
     return detections
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_export_in_a_fresh_process_matches_the_keras_model(family, tmp_path):
     config = tiny_config(family)

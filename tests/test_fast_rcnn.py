@@ -233,6 +233,7 @@ def test_export_writes_the_serving_contract_with_a_proposals_input(tmp_path):
     np.testing.assert_allclose(served["detection_boxes"], np.clip(want["boxes"] / 64.0, 0, 1), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_brief_training_on_shapes_clears_an_ap50_bar_and_evaluate_agrees(shapes_64, tmp_path):
     config = task_config(shapes_64, tmp_path / "run")
     keras.utils.set_random_seed(0)

@@ -413,6 +413,7 @@ def coco_ap50(model, root):
         return evaluate(os.path.join(root, "annotations", "instances_val.json"), predictions)["bbox"]["AP50"]
 
 
+@pytest.mark.slow
 def test_brief_training_on_shapes_clears_an_ap50_bar(shapes_64):
     keras.utils.set_random_seed(0)
     # configs/shapes/overfeat.yaml's model, at a third of its head width; the untrained model keeps every

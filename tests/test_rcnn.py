@@ -275,6 +275,7 @@ def shapes_64(tmp_path_factory):
     return make_shapes(tmp_path_factory.mktemp("shapes") / "shapes", 240, 40, 64, seed=5, progress=False)
 
 
+@pytest.mark.slow
 def test_brief_training_on_shapes_clears_an_ap50_bar(shapes_64, tmp_path):
     config = ExperimentConfig(name="rcnn_test")
     config.data.source, config.data.root = "coco", str(shapes_64)

@@ -111,6 +111,7 @@ def _expected(model, images, proposals):
     return detections
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_export_in_a_fresh_process_matches_the_keras_model(family, export_of, tmp_path):
     model, export_dir = export_of(family)

@@ -258,6 +258,7 @@ def test_tiny_ssd_round_trips_through_keras_file(tiny64, tmp_path):
 # --- Training ---
 
 
+@pytest.mark.slow
 def test_brief_training_on_shapes_clears_an_ap50_bar(tmp_path):
     root = make_shapes(tmp_path / "shapes", num_train=300, num_val=40, image_size=64, seed=3, progress=False,
                        max_objects=3)
