@@ -38,8 +38,10 @@ demo: $(STAMP)
 
 # Two worker processes (pytest-xdist): most tests are single-threaded Python and graph tracing, so two
 # workers on two cores halve the wall time (20 min -> 9.5 min here). More cores give at most 4 workers.
+# worksteal: a worker that runs out takes pending tests from the other, instead of idling while the other
+# works through a queue of long training tests handed to it at the start (tests/conftest.py runs those first).
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses 4 tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal tests
 
 $(TORCH_STAMP):
 	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
