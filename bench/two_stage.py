@@ -53,6 +53,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import tfvision  # noqa: E402,F401  (before TensorFlow: its settings, as `tfvision` users get them)
+
 import bench_inputs  # noqa: E402
 import benchutil  # noqa: E402
 

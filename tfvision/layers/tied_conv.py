@@ -195,7 +195,7 @@ class TiedConv2DTranspose(keras.layers.Layer):
         self._check_shapes(z.shape, like.shape)
         encoder = self._encoder
         # The dilated kernel as a plain one with zeros between its taps: TensorFlow's CPU kernels without oneDNN
-        # (which it leaves off on CPUs without AVX512-VNNI/BF16 or AMX) have no dilated Conv2DBackpropInput.
+        # (off by default on some CPUs, AVX2-only ones among them) have no dilated Conv2DBackpropInput.
         kernel = spread_kernel(keras.ops.cast(encoder.kernel, self.compute_dtype), encoder.dilation_rate)
         output_shape = tf.concat([tf.shape(like)[:3], tf.shape(kernel)[2:3]], axis=0)
         outputs = tf.nn.conv2d_transpose(
