@@ -564,7 +564,7 @@ def _header(info: dict) -> list[str]:
         flags = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags)
     except OSError:
         pass
-    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")
+    onednn = os.environ["TF_ENABLE_ONEDNN_OPTS"]  # importing tfvision sets it, unless the caller already had
     return [
         f"Machine: {info.get('cpu', '?')}, {info['cpus']} CPUs ({flags}); Python {info['python']}, TensorFlow "
         f"{tf.__version__}, Keras {info.get('keras')}, NumPy {info.get('numpy')}; TF_ENABLE_ONEDNN_OPTS "
