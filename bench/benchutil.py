@@ -78,8 +78,22 @@ TORCH_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
                             "python")
 
 
-def torch_reference(group: str) -> tuple[dict, str]:
-    """torchvision's figures for `group` (bench/torch_reference.py), measured now, in the torch environment.
+def bfloat16_note() -> str | None:
+    """Why the bfloat16 rows are left out on this machine, or None to measure them.
+
+    A CPU without bfloat16 instructions (AVX512-BF16, AMX-BF16, Arm BF16) only emulates bfloat16, several times
+    slower than float32, so its figures would say nothing about the code. For the TensorFlow-side scripts only:
+    it imports tfvision, which the torch environment does not have."""
+    from tfvision.training.trainer import cpu_has_bfloat16
+
+    if cpu_has_bfloat16() is False:
+        return "bfloat16 rows left out: this CPU has no bfloat16 instructions (it would only emulate them)."
+    return None
+
+
+def torch_reference(group: str, bfloat16: bool = True) -> tuple[dict, str]:
+    """torchvision's figures for `group` (bench/torch_reference.py), measured now, in the torch environment;
+    with bfloat16=False without its bfloat16 (autocast) figures.
 
     Returns (name -> median ms, a sentence for the report). Without the environment (`make bench` creates it;
     TFVISION_BENCH_TORCH_PYTHON names another interpreter) the dict is empty and the sentence says why.
@@ -90,6 +104,8 @@ def torch_reference(group: str) -> tuple[dict, str]:
     if not os.path.exists(python):
         return {}, f"torchvision not measured: no torch environment at {python} (`make bench` creates it)."
     command = [python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py"), group]
+    if not bfloat16:
+        command.append("--skip-bfloat16")
     result = subprocess.run(command, capture_output=True, text=True, check=False)  # inherits BENCH_QUICK
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")

@@ -119,12 +119,12 @@ def build_detector(label, precision="float32"):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def bench_detectors(torch_ms: dict) -> list[dict]:
+def bench_detectors(torch_ms: dict, bfloat16: bool = True) -> list[dict]:
     import numpy as np
     import tensorflow as tf
 
     rows = []
-    for precision in ("float32", "mixed_bfloat16"):
+    for precision in ("float32", "mixed_bfloat16") if bfloat16 else ("float32",):
         for label in DETECTORS:
             model, size = build_detector(label, precision)
             detect = tf.function(model.detect, reduce_retracing=True)
@@ -169,13 +169,14 @@ def main() -> int:
     ]
     if not args.skip_models:
         ssd_torch, ssd_note = benchutil.torch_reference("ssd")
+        no_bfloat16 = benchutil.bfloat16_note()
         lines += [
             "",
             "### Detectors: `model.detect` (network + decode + NMS), random weights, 80 classes",
             "",
             ssd_note,
             "",
-            benchutil.md_table(bench_detectors(ssd_torch), [
+            benchutil.md_table(bench_detectors(ssd_torch, bfloat16=no_bfloat16 is None), [
                 ("model", "model", ""), ("input", "size", ""), ("batch", "batch", ""),
                 ("median ms/img", "ms_img", "{:.1f}"), ("images/s", "ips", "{:.2f}"), ("anchors", "anchors", ""),
                 ("torchvision ms/img", "torchvision", "{:.1f}"), ("torchvision / ours", "speedup", "{:.2f}x"),
@@ -188,9 +189,9 @@ def main() -> int:
             "with a halved last stage (its \"reduced tail\"): "
             + (f"{ssd_torch['ssdlite320_mobilenet_v3_large']:.1f} ms/img in this run. "
                if "ssdlite320_mobilenet_v3_large" in ssd_torch else "")
-            + "torchvision has no MobileNetV2 SSDLite. bfloat16 rows: Keras' `mixed_bfloat16` policy (bfloat16 "
-            "compute on the CPU's AMX-BF16 units, float32 variables and outputs); torchvision's figures are "
-            "float32.",
+            + "torchvision has no MobileNetV2 SSDLite. "
+            + (no_bfloat16 or "bfloat16 rows: Keras' `mixed_bfloat16` policy (bfloat16 compute on the CPU's "
+               "bfloat16 units, float32 variables and outputs); torchvision's figures are float32."),
         ]
     text = "\n".join(lines) + "\n"
     if args.out:

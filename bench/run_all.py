@@ -12,7 +12,9 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHES = ("data_pipeline.py", "segmentation.py", "detection.py", "two_stage.py")
+# Each entry: a script and its arguments; one section of RESULTS.md each.
+BENCHES = (("data_pipeline.py",), ("segmentation.py",), ("segmentation.py", "--levers"), ("detection.py",),
+           ("two_stage.py",))
 
 HEADER = """# tfvision benchmarks
 
@@ -24,11 +26,11 @@ Figures are medians; the machines are shared, so compare figures from the same r
 
 def main() -> int:
     sections = []
-    for name in BENCHES:
+    for name, *arguments in BENCHES:
         with tempfile.NamedTemporaryFile("r", suffix=".md", delete=False) as out:
             path = out.name
-        print(f"== {name}", flush=True)
-        subprocess.run([sys.executable, os.path.join(HERE, name), "--out", path], check=True)
+        print(f"== {' '.join([name, *arguments])}", flush=True)
+        subprocess.run([sys.executable, os.path.join(HERE, name), *arguments, "--out", path], check=True)
         with open(path, encoding="utf-8") as f:
             sections.append(f.read())
         os.remove(path)

@@ -466,7 +466,11 @@ def lever_variants(key: str) -> tuple[dict, dict]:
     variants["xla"] = copy()
     variants["plain_convolutions"] = copy(xla_convolutions=False)
     _check_same(key, "plain_convolutions", base, variants["plain_convolutions"], size)
-    variants["bf16"] = copy("mixed_bfloat16")
+    no_bfloat16 = benchutil.bfloat16_note()
+    if no_bfloat16:
+        notes["bf16"] = "n/a: this CPU has no bfloat16 instructions (it would only emulate them)"
+    else:
+        variants["bf16"] = copy("mixed_bfloat16")
     if any(isinstance(layer, keras.layers.BatchNormalization) for layer in _layers(base)):
         variants["bn_folded"] = fold_batch_norms(base)
         use_xla_convolutions(variants["bn_folded"])

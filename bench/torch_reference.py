@@ -99,7 +99,7 @@ def bench_ssd(quick):  # noqa: ARG001 (the same size either way: the architectur
     }
 
 
-def bench_fpn(quick):
+def bench_fpn(quick, bfloat16=True):
     size = 128 if quick else 512
     results = {}
     for name, constructor, repeats in (("faster_rcnn", detection.fasterrcnn_resnet50_fpn, 8),
@@ -108,7 +108,7 @@ def bench_fpn(quick):
             build = functools.partial(constructor, weights=None, weights_backbone=None, min_size=size,
                                       max_size=size, box_score_thresh=threshold)
             results[name + suffix] = _model_ms(build, size, repeats)
-            if threshold:
+            if threshold and bfloat16:
                 results[name + " bf16"] = _model_ms(build, size, repeats, autocast_dtype=torch.bfloat16)
     return results
 
@@ -119,10 +119,15 @@ GROUPS = {"nms": bench_nms, "roi": bench_roi, "ssd": bench_ssd, "fpn": bench_fpn
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("group", choices=sorted(GROUPS))
+    parser.add_argument("--skip-bfloat16", action="store_true",
+                        help="no bfloat16 figures (the tfvision side has none: a CPU without bfloat16 instructions)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with torch.inference_mode():
-        results = GROUPS[args.group](benchutil.quick())
+        if args.group == "fpn":
+            results = bench_fpn(benchutil.quick(), bfloat16=not args.skip_bfloat16)
+        else:
+            results = GROUPS[args.group](benchutil.quick())
     results["versions"] = f"torch {torch.__version__}, torchvision {torchvision.__version__}"
     print(json.dumps(results))
     return 0

@@ -32,8 +32,9 @@ here) and its transform (normalize + resize, ~10 ms); torchvision's Mask R-CNN p
 on the random weights (torchvision's kept 100 per image; "dets/img" says how many ours kept); rows at score
 threshold 0 (always 100 detections, masks for all 100) are beside torchvision's `@thresh0` rows. The
 "bfloat16" rows build the same models under Keras' `mixed_bfloat16` policy (bfloat16 convolutions and matmuls,
-float32 variables and outputs), which this CPU runs on its AMX-BF16 units; they compare with torchvision's
-models run under `torch.autocast("cpu", dtype=torch.bfloat16)` (its mixed precision for CPU inference).
+float32 variables and outputs), measured only on CPUs with bfloat16 instructions (AMX-BF16, AVX512-BF16);
+they compare with torchvision's models run under `torch.autocast("cpu", dtype=torch.bfloat16)` (its mixed
+precision for CPU inference).
 torchvision's two models are measured in the same run, just before tfvision's (bench/torch_reference.py).
 
 Timing: default TF threading, one untimed warm-up call, medians of timed calls. The 2 cores are shared with
@@ -199,7 +200,7 @@ def fpn_config(name, size, score_threshold):
     return from_dict(ExperimentConfig, config)
 
 
-def bench_fpn_models(torch_ms: dict, flops: dict) -> list[dict]:
+def bench_fpn_models(torch_ms: dict, flops: dict, bfloat16: bool = True) -> list[dict]:
     """The ResNet50-FPN rows; fills `flops` with Faster R-CNN's FLOPs per image (float32 `detect`)."""
     import keras
     import numpy as np
@@ -211,7 +212,8 @@ def bench_fpn_models(torch_ms: dict, flops: dict) -> list[dict]:
     size = 128 if benchutil.quick() else 512
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32))
     rows = []
-    models = [(name, label, precision) for precision in ("float32", "mixed_bfloat16")
+    precisions = ("float32", "mixed_bfloat16") if bfloat16 else ("float32",)
+    models = [(name, label, precision) for precision in precisions
               for name, label in (("faster_rcnn", "Faster R-CNN R50-FPN"), ("mask_rcnn", "Mask R-CNN R50-FPN"))]
     for name, label, precision in models:
         # bfloat16 compute (float32 variables, boxes and scores): what AMX-BF16 CPUs run fastest.
@@ -331,10 +333,11 @@ def main() -> int:
         ]
         if not args.skip_fpn:
             check_threshold_attribute()
-            fpn_torch, fpn_note = benchutil.torch_reference("fpn")
+            no_bfloat16 = benchutil.bfloat16_note()
+            fpn_torch, fpn_note = benchutil.torch_reference("fpn", bfloat16=no_bfloat16 is None)
             flops = {}
             matmul = benchutil.matmul_gflops(4096, 5)
-            fpn_rows = bench_fpn_models(fpn_torch, flops)
+            fpn_rows = bench_fpn_models(fpn_torch, flops, bfloat16=no_bfloat16 is None)
             floor = _floor_note(flops["faster_rcnn"], fpn_rows, fpn_torch, matmul)
             lines += [
                 "",
@@ -351,7 +354,7 @@ def main() -> int:
                 "",
                 f"load average {benchutil.load_average()} (1, 5, 15 min). torchvision: "
                 "`fasterrcnn_resnet50_fpn` / `maskrcnn_resnet50_fpn` with min_size = max_size = 512 and "
-                "box_score_thresh as the row's (0.05 is its default).",
+                "box_score_thresh as the row's (0.05 is its default)." + (f" {no_bfloat16}" if no_bfloat16 else ""),
                 "",
                 floor,
             ]
