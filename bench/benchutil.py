@@ -84,9 +84,9 @@ def bfloat16_note() -> str | None:
     A CPU without bfloat16 instructions (AVX512-BF16, AMX-BF16, Arm BF16) only emulates bfloat16, several times
     slower than float32, so its figures would say nothing about the code. For the TensorFlow-side scripts only:
     it imports tfvision, which the torch environment does not have."""
-    from tfvision.training.trainer import cpu_has_bfloat16
+    from tfvision.cpu_features import has_bfloat16
 
-    if cpu_has_bfloat16() is False:
+    if has_bfloat16() is False:
         return "bfloat16 rows left out: this CPU has no bfloat16 instructions (it would only emulate them)."
     return None
 

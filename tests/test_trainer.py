@@ -243,17 +243,14 @@ def test_mixed_precision_is_float32_on_cpus_that_would_emulate_bfloat16(tmp_path
         assert trainer_module._policy_name(True, strategy, avx2_cpu) == "float32"
     arm_cpu = _cpuinfo(tmp_path, "arm", "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
     assert trainer_module._policy_name(True, strategy, arm_cpu) == "mixed_bfloat16"
-    assert trainer_module.cpu_has_bfloat16(avx2_cpu) is False
-    assert trainer_module.cpu_has_bfloat16(arm_cpu) is True
     # Where the features cannot be read (not Linux), the request stands.
     missing = str(tmp_path / "no_such_file")
-    assert trainer_module.cpu_has_bfloat16(missing) is None
     assert trainer_module._policy_name(True, strategy, missing) == "mixed_bfloat16"
 
 
 @pytest.mark.slow
 def test_mixed_precision_sets_the_policy_and_trains(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_module, "cpu_has_bfloat16", lambda cpuinfo: True)  # as on a bfloat16 CPU
+    monkeypatch.setattr(trainer_module, "has_bfloat16", lambda cpuinfo: True)  # as on a bfloat16 CPU
     try:
         trainer = make_trainer(make_config(tmp_path, epochs=1, mixed_precision=True))
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"

@@ -54,12 +54,11 @@ import keras
 import tensorflow as tf
 
 from tfvision.config import ExperimentConfig, TrainConfig, save_config
+from tfvision.cpu_features import CPUINFO, has_bfloat16
 from tfvision.training.schedules import build_schedule
 from tfvision.training.strategy import create_strategy, is_chief, task_name
 
 BACKBONE_LAYER = "backbone"
-CPUINFO = "/proc/cpuinfo"
-_BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 (Linux's names), Arm ("Features: ... bf16")
 
 
 class Trainer:
@@ -419,7 +418,7 @@ def _policy_name(mixed_precision, strategy, cpuinfo=CPUINFO):
         return "mixed_bfloat16"
     if tf.config.list_logical_devices("GPU"):
         return "mixed_float16"
-    if cpu_has_bfloat16(cpuinfo) is False:
+    if has_bfloat16(cpuinfo) is False:
         warnings.warn(
             "train.mixed_precision: this CPU has no bfloat16 instructions (AVX512-BF16, AMX or Arm BF16), so "
             "TensorFlow would emulate bfloat16, several times slower than float32; training in float32. Set "
@@ -428,22 +427,6 @@ def _policy_name(mixed_precision, strategy, cpuinfo=CPUINFO):
         )
         return "float32"
     return "mixed_bfloat16"
-
-
-def cpu_has_bfloat16(cpuinfo=CPUINFO):
-    """Whether the CPU has bfloat16 instructions, from the feature flags in `cpuinfo` (Linux's /proc/cpuinfo):
-    AVX512-BF16 or AMX-BF16 on x86, BF16 on Arm. None where the file cannot be read (another OS): unknown."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return None
-    flags = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
-    return bool(flags & _BFLOAT16_FLAGS)
 
 
 def _backbone_layer(model, name=BACKBONE_LAYER):
