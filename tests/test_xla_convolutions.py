@@ -7,7 +7,12 @@ import tensorflow as tf
 
 from tfvision.config import ExperimentConfig, from_dict, to_dict
 from tfvision.models import build_model
-from tfvision.models.xla_convolutions import WIDE_CHANNELS, plain_convolutions, use_xla_convolutions
+from tfvision.models.xla_convolutions import (
+    WIDE_CHANNELS,
+    default_min_channel_product,
+    plain_convolutions,
+    use_xla_convolutions,
+)
 
 
 def _model(dtype_policy=None):
@@ -29,10 +34,25 @@ def _xla_functions(fn, *args):
 def test_only_wide_spatial_convolutions_are_routed():
     model = _model()
     assert 256 * 256 == WIDE_CHANNELS
-    assert use_xla_convolutions(model) == 1  # "wide"; not "narrow" (16 * 256), not the 1x1
-    assert use_xla_convolutions(model) == 0  # applying twice changes nothing
+    assert use_xla_convolutions(model, WIDE_CHANNELS) == 1  # "wide"; not "narrow" (16 * 256), not the 1x1
+    assert use_xla_convolutions(model, WIDE_CHANNELS) == 0  # applying twice changes nothing
     spec = tf.TensorSpec([2, 8, 8, 16])
     assert _xla_functions(lambda x: model(x, training=False), spec) == 1
+
+
+def test_every_spatial_convolution_is_routed_on_cpus_without_avx512(tmp_path):
+    def cpuinfo(name, flags):
+        path = tmp_path / name
+        path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        return str(path)
+
+    assert default_min_channel_product(cpuinfo("xeon", "fpu sse2 avx2 avx512f avx512_bf16 amx_tile")) == WIDE_CHANNELS
+    assert default_min_channel_product(cpuinfo("epyc", "fpu sse2 avx avx2 fma")) == 1
+    assert default_min_channel_product(str(tmp_path / "no_such_file")) == WIDE_CHANNELS  # unknown: as measured
+    model = _model()
+    assert use_xla_convolutions(model, 1) == 2  # "narrow" and "wide"; never the 1x1, a matmul
+    spec = tf.TensorSpec([2, 8, 8, 16])
+    assert _xla_functions(lambda x: model(x, training=False), spec) == 2
 
 
 def test_outputs_equal_the_plain_model():
@@ -54,7 +74,7 @@ def test_outputs_equal_the_plain_model():
 
 def test_training_bfloat16_and_export_traces_stay_plain():
     model = _model()
-    use_xla_convolutions(model)
+    use_xla_convolutions(model, WIDE_CHANNELS)
     spec = tf.TensorSpec([2, 8, 8, 16])
     assert _xla_functions(lambda x: model(x, training=True), spec) == 0
     with plain_convolutions():
@@ -66,7 +86,7 @@ def test_training_bfloat16_and_export_traces_stay_plain():
         half = _model()
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    assert use_xla_convolutions(half) == 1
+    assert use_xla_convolutions(half, WIDE_CHANNELS) == 1
     assert _xla_functions(lambda x: half(x, training=False), spec) == 0
 
 

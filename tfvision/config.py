@@ -332,8 +332,9 @@ class ModelConfig:
     """Which architecture to build (`name`) and the options of each family.
 
     `num_classes` counts object classes K; segmentation models predict K + 1 channels (0 = background).
-    `xla_convolutions`: run the wide convolutions through XLA for float32 inference (faster on CPU; training
-    and exports keep the plain ones; `tfvision.models.xla_convolutions`).
+    `xla_convolutions`: run the convolutions that oneDNN runs slowly through XLA for float32 inference (the
+    wide ones on CPUs with AVX-512, every one on others; training and exports keep the plain ones;
+    `tfvision.models.xla_convolutions`).
     """
 
     name: Literal[

@@ -36,8 +36,8 @@ def build_model(experiment_config):
         `keras.Model` taking float32 images `[B, H, W, 3]` (pixel values 0..255); segmentation models return
         float32 logits `[B, H, W, model.num_classes + 1]`; detectors (`tfvision.models.detection.detector.Detector`)
         return raw head outputs from `call` and final detections from `predict` / `detect`. H and W are free for
-        the builders in `_ANY_SIZE`, else `data.image_size`. With `model.xla_convolutions` its wide
-        convolutions run through XLA for float32 inference (`tfvision.models.xla_convolutions`).
+        the builders in `_ANY_SIZE`, else `data.image_size`. With `model.xla_convolutions` the convolutions
+        that oneDNN runs slowly on this CPU go through XLA for float32 inference (`tfvision.models.xla_convolutions`).
 
     Raises:
         ValueError: unknown `model.name` (the message lists the valid ones), or the builder's own errors.

@@ -1,15 +1,22 @@
-"""Faster CPU inference: the wide convolutions of a model run through XLA, the rest through oneDNN.
+"""Faster CPU inference: the convolutions of a model that oneDNN runs slowly go through XLA instead.
 
-TensorFlow's default CPU convolution (oneDNN, NHWC) uses Keras' HWIO kernels in their plain layout. On
-convolutions with many input and output channels that costs it about half the machine's matmul rate, while
-XLA's convolution runs them near it; on wide maps with few channels oneDNN is the faster one. Measured per
-call on this project's 2-core CPU (float32, batch 1, CPU milliseconds, oneDNN vs XLA): 3x3 512 -> 512 on
-64 x 64, 244 vs 110; on 32 x 32, 57 vs 32; on 16 x 16, 19 vs 10; 3x3 256 -> 256 on 128 x 128, 136 vs 111;
-3x3 64 -> 64 on 256 x 256, 26 vs 37. On whole models: VGG16 FCN-8s and SegNet at 512 px need about 25% less
-CPU time.
+TensorFlow's CPU convolution (oneDNN, NHWC) uses Keras' HWIO kernels in their plain layout.
+  - With AVX-512 (a 2-core Xeon), that costs it about half the machine's matmul rate on convolutions with many
+    input and output channels, while XLA's convolution runs them near it; on wide maps with few channels oneDNN
+    is the faster one. Per call (float32, batch 1, CPU milliseconds, oneDNN vs XLA): 3x3 512 -> 512 on
+    64 x 64, 244 vs 110; on 32 x 32, 57 vs 32; on 16 x 16, 19 vs 10; 3x3 256 -> 256 on 128 x 128, 136 vs 111;
+    3x3 64 -> 64 on 256 x 256, 26 vs 37. VGG16 FCN-8s and SegNet at 512 px need about 25% less CPU time with
+    the convolutions of C_in * C_out >= 65,536 (`WIDE_CHANNELS`) through XLA.
+  - Without AVX-512 (a 2-core AMD EPYC with AVX2), oneDNN is slower than XLA on nearly every 3x3 convolution,
+    by up to 5x (wall milliseconds, oneDNN vs XLA): 64 -> 64 on 512 x 512, 313 vs 140; 128 -> 128 on
+    256 x 256, 715 vs 131; 512 -> 512 on 32 x 32, 44 vs 36; 16 -> 16 on 256 x 256, 6.4 vs 4.6; only the
+    first layer, 3 -> 64 on 512 x 512, was faster on oneDNN (16 vs 26). With every spatial convolution
+    through XLA, FCN-8s at 512 px took 1.2 s per image instead of 2.4, U-Net (base 64, 256 px) 0.76 s
+    instead of 1.6, SSD300-VGG16 0.56 s instead of 0.71.
 
 `use_xla_convolutions(model)` makes every `keras.layers.Conv2D` of `model` with a kernel larger than 1 x 1 and
-C_in * C_out >= `WIDE_CHANNELS` run its convolution as an XLA cluster, decided when a graph is traced:
+C_in * C_out >= `min_channel_product` run its convolution as an XLA cluster, decided when a graph is traced
+(`default_min_channel_product()`: `WIDE_CHANNELS` with AVX-512, 1 - every one - without):
 
   - only for inference (Keras' `training` not True): XLA's convolution gradients are slower here than
     oneDNN's, so training graphs keep the plain convolution;
@@ -30,7 +37,10 @@ import keras
 import tensorflow as tf
 from keras.src.backend.common import global_state
 
-# C_in * C_out from which a convolution runs through XLA (256 -> 256 is the smallest measured to gain).
+from tfvision.cpu_features import CPUINFO, has_avx512
+
+# C_in * C_out from which a convolution runs through XLA on CPUs with AVX-512 (256 -> 256 is the smallest
+# measured to gain there).
 WIDE_CHANNELS = 256 * 256
 
 _state = threading.local()
@@ -47,16 +57,26 @@ def plain_convolutions():
         _state.plain = previous
 
 
-def use_xla_convolutions(model: keras.Model, min_channel_product: int = WIDE_CHANNELS) -> int:
-    """Routes the wide convolutions of `model` (in place, nested models included) through XLA for inference.
+def default_min_channel_product(cpuinfo=CPUINFO) -> int:
+    """`WIDE_CHANNELS` on CPUs with AVX-512 (and where the CPU's features cannot be read), 1 on others: there
+    oneDNN's convolutions are the slow ones (see the module docstring)."""
+    return 1 if has_avx512(cpuinfo) is False else WIDE_CHANNELS
+
+
+def use_xla_convolutions(model: keras.Model, min_channel_product: int | None = None) -> int:
+    """Routes the convolutions of `model` that oneDNN runs slowly (in place, nested models included) through XLA
+    for inference.
 
     Args:
         model: a built Keras model.
-        min_channel_product: C_in * C_out from which a convolution is "wide".
+        min_channel_product: C_in * C_out from which a convolution goes through XLA; None for this CPU's
+            `default_min_channel_product()`.
 
     Returns:
         The number of Conv2D layers that will use XLA when traced for float32 inference.
     """
+    if min_channel_product is None:
+        min_channel_product = default_min_channel_product()
     changed = 0
     for layer in _all_layers(model):
         if not isinstance(layer, keras.layers.Conv2D) or getattr(layer, "_tfvision_plain_op", None) is not None:
