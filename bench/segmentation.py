@@ -1,8 +1,9 @@
 """Speed of tfvision's segmentation models on CPU, against the machine's fp32 matmul rate in the same run.
 
 Models (random weights, `num_classes` 20, i.e. 21 outputs as for VOC), built with `tfvision.models.build_*`
-from a `ModelConfig` with input shape `(None, None, 3)` and, as `build_model` does by default, their wide
-convolutions routed through XLA for float32 inference (`tfvision.models.xla_convolutions`):
+from a `ModelConfig` with input shape `(None, None, 3)` and, as `build_model` does by default, the
+convolutions oneDNN runs slowly on this CPU routed through XLA for float32 inference
+(`tfvision.models.xla_convolutions`):
   * FCN-8s on VGG16 at 512x512;
   * SegNet, VGG16 encoder with pooling indices, `unpool` decoder, at 512x512;
   * U-Net from scratch at 256x256: the shapes config's depth 4 / base_filters 16, and base_filters 64 (the
@@ -94,7 +95,8 @@ def model_config(key: str):
 
 
 def build(key: str, input_shape=(None, None, 3), xla_convolutions=True):
-    """The model of `key`, as `build_model` makes it (wide convolutions through XLA unless told not to)."""
+    """The model of `key`, as `build_model` makes it (convolutions through XLA as on this CPU by default,
+    unless told not to)."""
     from tfvision.models import build_fcn, build_segnet, build_unet, use_xla_convolutions
 
     builder = {"fcn": build_fcn, "segnet": build_segnet, "unet": build_unet}[MODELS[key][1]]
@@ -614,6 +616,8 @@ def report(result: dict) -> str:
 
 
 def report_levers(rows: list[dict]) -> str:
+    from tfvision.models.xla_convolutions import default_min_channel_product
+
     info = benchutil.machine_info()
     lines = [
         "## Segmentation models: speed levers at batch 1 (bench/segmentation.py --levers)",
@@ -621,9 +625,10 @@ def report_levers(rows: list[dict]) -> str:
         *_header(info),
         "`predict_on_batch` after `compile()`, the models of one network sharing weights and measured "
         "round-robin in one process (onednn_off and inter_op_1: each in its own process). Levers: default "
-        "(graph mode; convolutions with C_in * C_out >= 65,536 through XLA, the rest on oneDNN: tfvision's "
-        "default), plain_convolutions (`model.xla_convolutions: false`: every convolution on oneDNN), "
-        "xla (`compile(jit_compile=True)`), bf16 "
+        "(graph mode; tfvision's default: `model.xla_convolutions` routes the convolutions with C_in * C_out >= "
+        f"{default_min_channel_product():,} (on this CPU) through XLA, the rest stay on oneDNN), "
+        "plain_convolutions (`model.xla_convolutions: false`: every convolution on oneDNN), xla "
+        "(`compile(jit_compile=True)`), bf16 "
         "(`mixed_bfloat16` policy: bfloat16 compute, float32 variables and logits), bn_folded (prototype: "
         "BatchNorm folded into the conv before it), mask_unpool (SegNet; prototype: plain max pool, and "
         "unpooling to each window's first maximum found in the pooled tensor - same outputs, no indices, no "
