@@ -380,8 +380,10 @@ def _check_same(key, lever, reference, candidate, size) -> None:
     images = random_images(1, size)
     expected = np.asarray(tf.function(lambda x: reference(x, training=False))(images))
     actual = np.asarray(tf.function(lambda x: candidate(x, training=False))(images))
-    # Other kernels round differently, through up to 27 layers (and SegNet's argmax pooling): 0.1% of the scale.
-    if not np.allclose(actual, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max()):
+    # Other kernels round differently, through up to 27 layers (and SegNet's argmax pooling): 0.3% of the scale
+    # (on an AVX2 CPU, where every convolution of the default model goes through XLA, SegNet's differed by more
+    # than 0.1%).
+    if not np.allclose(actual, expected, rtol=3e-3, atol=3e-3 * np.abs(expected).max()):
         raise AssertionError(f"{lever} changed {key}'s outputs by up to {np.abs(actual - expected).max()}")
 
 
