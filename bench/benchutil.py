@@ -79,7 +79,7 @@ TORCH_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def bfloat16_note() -> str | None:
-    """Why the bfloat16 rows are left out on this machine, or None to measure them.
+    """Why bfloat16 is not measured on this machine, or None to measure it.
 
     A CPU without bfloat16 instructions (AVX512-BF16, AMX-BF16, Arm BF16) only emulates bfloat16, several times
     slower than float32, so its figures would say nothing about the code. For the TensorFlow-side scripts only:
@@ -87,7 +87,7 @@ def bfloat16_note() -> str | None:
     from tfvision.cpu_features import has_bfloat16
 
     if has_bfloat16() is False:
-        return "bfloat16 rows left out: this CPU has no bfloat16 instructions (it would only emulate them)."
+        return "this CPU has no bfloat16 instructions (it would only emulate them)"
     return None
 
 

@@ -190,8 +190,9 @@ def main() -> int:
             + (f"{ssd_torch['ssdlite320_mobilenet_v3_large']:.1f} ms/img in this run. "
                if "ssdlite320_mobilenet_v3_large" in ssd_torch else "")
             + "torchvision has no MobileNetV2 SSDLite. "
-            + (no_bfloat16 or "bfloat16 rows: Keras' `mixed_bfloat16` policy (bfloat16 compute on the CPU's "
-               "bfloat16 units, float32 variables and outputs); torchvision's figures are float32."),
+            + (f"bfloat16 rows left out: {no_bfloat16}." if no_bfloat16 else
+               "bfloat16 rows: Keras' `mixed_bfloat16` policy (bfloat16 compute on the CPU's bfloat16 units, "
+               "float32 variables and outputs); torchvision's figures are float32."),
         ]
     text = "\n".join(lines) + "\n"
     if args.out:

@@ -472,7 +472,7 @@ def lever_variants(key: str) -> tuple[dict, dict]:
     _check_same(key, "plain_convolutions", base, variants["plain_convolutions"], size)
     no_bfloat16 = benchutil.bfloat16_note()
     if no_bfloat16:
-        notes["bf16"] = "n/a: this CPU has no bfloat16 instructions (it would only emulate them)"
+        notes["bf16"] = f"n/a: {no_bfloat16}"
     else:
         variants["bf16"] = copy("mixed_bfloat16")
     if any(isinstance(layer, keras.layers.BatchNormalization) for layer in _layers(base)):
@@ -565,13 +565,10 @@ PERCENT_COLUMNS = (
 def _header(info: dict) -> list[str]:
     import tensorflow as tf
 
-    flags = ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        cpu_flags = next((line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags")), [])
-        flags = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags)
-    except OSError:
-        pass
+    from tfvision.cpu_features import cpu_flags
+
+    listed = cpu_flags() or frozenset()
+    flags = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in listed)
     onednn = os.environ["TF_ENABLE_ONEDNN_OPTS"]  # importing tfvision sets it, unless the caller already had
     return [
         f"Machine: {info.get('cpu', '?')}, {info['cpus']} CPUs ({flags}); Python {info['python']}, TensorFlow "

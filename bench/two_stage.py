@@ -354,7 +354,8 @@ def main() -> int:
                 "",
                 f"load average {benchutil.load_average()} (1, 5, 15 min). torchvision: "
                 "`fasterrcnn_resnet50_fpn` / `maskrcnn_resnet50_fpn` with min_size = max_size = 512 and "
-                "box_score_thresh as the row's (0.05 is its default)." + (f" {no_bfloat16}" if no_bfloat16 else ""),
+                "box_score_thresh as the row's (0.05 is its default)."
+                + (f" bfloat16 rows left out: {no_bfloat16}." if no_bfloat16 else ""),
                 "",
                 floor,
             ]
