@@ -6,6 +6,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tfvision  # noqa: E402,F401  (first: its TensorFlow settings apply before any test imports TensorFlow)
 
+import pytest  # noqa: E402
+
 
 def _share_the_cores_among_workers():
     """Under `make test`'s xdist workers, each worker's TensorFlow gets its share of the cores as op threads:
@@ -26,3 +28,16 @@ def pytest_collection_modifyitems(items):
     """Slow tests first (the order within each group kept): `make test` runs two workers, and a long test
     handed out last would leave the other worker idle while it finishes."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture
+def cpuinfo_file(tmp_path):
+    """fn(name, text) -> path of a /proc/cpuinfo stand-in with that text: the CPU-feature choices under test
+    read these instead of the machine's own."""
+
+    def write(name, text):
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+
+    return write

@@ -218,15 +218,9 @@ def test_freezing_needs_a_backbone_layer(tmp_path):
         make_trainer(config, build=no_backbone)
 
 
-def _cpuinfo(tmp_path, name, text):
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
-
-
-def test_mixed_precision_policy_is_float16_only_on_gpus(monkeypatch, tmp_path):
+def test_mixed_precision_policy_is_float16_only_on_gpus(monkeypatch, cpuinfo_file):
     strategy = tf.distribute.get_strategy()
-    bf16_cpu = _cpuinfo(tmp_path, "bf16", "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    bf16_cpu = cpuinfo_file("bf16", "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
     assert trainer_module._policy_name(False, strategy, bf16_cpu) == "float32"
     assert not tf.config.list_logical_devices("GPU")
     assert trainer_module._policy_name(True, strategy, bf16_cpu) == "mixed_bfloat16"
@@ -235,13 +229,13 @@ def test_mixed_precision_policy_is_float16_only_on_gpus(monkeypatch, tmp_path):
     assert trainer_module._policy_name(True, strategy, bf16_cpu) == "mixed_float16"
 
 
-def test_mixed_precision_is_float32_on_cpus_that_would_emulate_bfloat16(tmp_path):
+def test_mixed_precision_is_float32_on_cpus_that_would_emulate_bfloat16(cpuinfo_file, tmp_path):
     strategy = tf.distribute.get_strategy()
-    avx2_cpu = _cpuinfo(tmp_path, "avx2", "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+    avx2_cpu = cpuinfo_file("avx2", "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
                                   "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
     with pytest.warns(UserWarning, match="no bfloat16 instructions"):
         assert trainer_module._policy_name(True, strategy, avx2_cpu) == "float32"
-    arm_cpu = _cpuinfo(tmp_path, "arm", "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
+    arm_cpu = cpuinfo_file("arm", "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
     assert trainer_module._policy_name(True, strategy, arm_cpu) == "mixed_bfloat16"
     # Where the features cannot be read (not Linux), the request stands.
     missing = str(tmp_path / "no_such_file")

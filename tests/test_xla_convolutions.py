@@ -40,14 +40,11 @@ def test_only_wide_spatial_convolutions_are_routed():
     assert _xla_functions(lambda x: model(x, training=False), spec) == 1
 
 
-def test_every_spatial_convolution_is_routed_on_cpus_without_avx512(tmp_path):
-    def cpuinfo(name, flags):
-        path = tmp_path / name
-        path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        return str(path)
-
-    assert default_min_channel_product(cpuinfo("xeon", "fpu sse2 avx2 avx512f avx512_bf16 amx_tile")) == WIDE_CHANNELS
-    assert default_min_channel_product(cpuinfo("epyc", "fpu sse2 avx avx2 fma")) == 1
+def test_every_spatial_convolution_is_routed_on_cpus_without_avx512(cpuinfo_file, tmp_path):
+    xeon = cpuinfo_file("xeon", "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    epyc = cpuinfo_file("epyc", "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert default_min_channel_product(xeon) == WIDE_CHANNELS
+    assert default_min_channel_product(epyc) == 1
     assert default_min_channel_product(str(tmp_path / "no_such_file")) == WIDE_CHANNELS  # unknown: as measured
     model = _model()
     assert use_xla_convolutions(model, 1) == 2  # "narrow" and "wide"; never the 1x1, a matmul
