@@ -152,6 +152,44 @@ def test_resume_after_a_kill_continues_where_it_stopped(tmp_path):
     assert not os.path.exists(os.path.join(config.train.model_dir, "backup"))
 
 
+class RecordSteps(keras.callbacks.Callback):
+    """The raw weights after every training step (mid-epoch the model holds them, averaged or not)."""
+
+    def on_train_begin(self, logs=None):
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append(snapshot(self.model))
+
+
+@pytest.mark.slow
+def test_weight_averaging_reaches_validation_checkpoints_the_final_model_and_resume(tmp_path):
+    momentum = 0.5
+    config = make_config(tmp_path, "ema", epochs=3, ema_momentum=momentum)
+    trainer = make_trainer(config)
+    steps = RecordSteps()
+    val_ds = pattern_pairs(num_images=8, seed=1)
+    history = trainer.fit(pattern_pairs(), val_ds, callbacks=[steps], verbose=0)
+    # Keras' average: the weights after the first step, then momentum * average + (1 - momentum) * weights.
+    average = steps.steps[0]
+    for weights in steps.steps[1:]:
+        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, weights)]
+    assert_weights_equal(snapshot(trainer.model), average, atol=1e-5)
+    assert not all(np.allclose(a, w, atol=1e-4) for a, w in zip(average, steps.steps[-1]))
+    last = keras.saving.load_model(os.path.join(config.train.model_dir, "checkpoints", "last.keras"))
+    assert_weights_equal(snapshot(last), average, atol=1e-5)
+    # Validation scored the averaged weights.
+    assert trainer.evaluate(val_ds, verbose=0)["loss"] == pytest.approx(history.history["val_loss"][-1], rel=1e-4)
+
+    # The backup holds the raw weights and their average: a run killed in epoch 1 ends as the uninterrupted one.
+    killed = make_config(tmp_path, "ema_killed", epochs=3, ema_momentum=momentum)
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(killed).fit(pattern_pairs(), val_ds, callbacks=[Kill(epoch=1, batch=1)], verbose=0)
+    resumed = make_trainer(killed)
+    resumed.fit(pattern_pairs(), val_ds, verbose=0)
+    assert_weights_equal(snapshot(resumed.model), average, atol=1e-5)
+
+
 class PoisonHead(keras.callbacks.Callback):
     """Sets the head's kernel to NaN at the start of `epoch`, so that epoch's loss is NaN."""
 
@@ -295,6 +333,12 @@ def test_build_optimizer():
     assert type(adam) is keras.optimizers.Adam and adam.weight_decay is None
     assert type(adamw) is keras.optimizers.AdamW and adamw.weight_decay == pytest.approx(0.01)
     assert type(sgd) is keras.optimizers.SGD and sgd.momentum == 0.8 and sgd.weight_decay == pytest.approx(1e-4)
+    assert not adam.use_ema and not sgd.use_ema
+    averaged = build_optimizer(TrainConfig(optimizer="sgd", ema_momentum=0.999), steps_per_epoch=10)
+    assert averaged.use_ema and averaged.ema_momentum == pytest.approx(0.999)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"train.ema_momentum must be in \[0, 1\)"):
+            build_optimizer(TrainConfig(ema_momentum=bad), steps_per_epoch=10)
 
 
 # -- schedules --------------------------------------------------------------------------------------------

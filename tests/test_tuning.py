@@ -151,6 +151,21 @@ def test_hypermodel_builds_the_model_of_the_sampled_values(tmp_path):
     assert cfg.to_dict(config) == before  # the base config is not touched
 
 
+def test_hypermodel_fit_scores_the_averaged_weights(tmp_path):
+    config = cfg.load_config(experiment(tmp_path), overrides=["train.ema_momentum=0.5", "train.epochs=2"])
+    hypermodel = ExperimentHyperModel(config)
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("model.unet.base_filters", 4)
+    hp.Fixed("train.learning_rate", 0.005)
+    model = hypermodel.build(hp)
+    assert model.optimizer.use_ema
+    history = hypermodel.fit(hp, model, verbose=0)
+    # Training ends with the averaged weights in the model, and the score the tuner saw was theirs.
+    _, val_ds = hypermodel.datasets(hypermodel.sample_config(hp))
+    final = model.evaluate(val_ds, return_dict=True, verbose=0)
+    assert final["loss"] == pytest.approx(history.history["val_loss"][-1], rel=1e-4)
+
+
 def test_sampled_config_is_a_plain_copy_and_unset_keys_take_their_defaults(tmp_path):
     config = cfg.load_config(experiment(tmp_path))
     hypermodel = ExperimentHyperModel(config)

@@ -372,6 +372,8 @@ class TrainConfig:
     `strategy`: `default`, `mirrored` (all local devices), `multi_worker` (from TF_CONFIG) or `tpu`.
     `schedule`: `constant`, `cosine` (to 0 at the end of training) or `step` (multiplied by `decay_rate` after
     each epoch listed in `decay_epochs`); the rate warms up linearly over `warmup_steps`.
+    `ema_momentum` > 0 (e.g. 0.999) keeps an exponential moving average of the weights (Polyak averaging, Keras'
+    `use_ema`): validation, checkpoints, evaluation and export use the averaged weights; 0 turns it off.
     `model_dir` holds checkpoints, the backup for resuming, TensorBoard logs and the label map.
     """
 
@@ -381,6 +383,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
+    ema_momentum: float = 0.0
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     warmup_steps: int = 0
     decay_epochs: tuple[int, ...] = ()

@@ -26,6 +26,11 @@ retraces with `make_train_function(force=True)` instead, having built the optimi
 training began (Keras builds it lazily from the weights trainable at the first step, and then refuses the
 backbone's weights when they are unfrozen).
 
+Weight averaging (`train.ema_momentum` > 0): the optimizer keeps the weights' moving average (Keras'
+`use_ema`), and `SwapEMAWeights` puts it into the model for validation and at each epoch's end, after the
+backup is written: checkpoints, periodic AP and the final model get the averaged weights, while a resumed run
+continues from the raw ones.
+
 Multi-worker: Keras 3.15's `fit` fails under `MultiWorkerMirroredStrategy` in two places (its first-batch
 build and its averaging of scalar step outputs, keras-team/keras#20585); the Trainer works around both, see
 `Trainer._build_for_multi_worker`.
@@ -232,6 +237,9 @@ class Trainer:
         callbacks = [
             keras.callbacks.TerminateOnNaN(),
             _BackupAndRestore(backup, double_checkpoint=True),
+            # After the backup, which must hold the raw weights to resume from; the callbacks after it see the
+            # averaged weights at each epoch's end, and training ends with them.
+            *ema_callbacks(self.config.train, swap_on_epoch=True),
             _Checkpoint(os.path.join(checkpoints, "last.keras")),
             _Checkpoint(
                 os.path.join(checkpoints, "best.keras"),
@@ -252,17 +260,37 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimize
     """The optimizer that `config.optimizer` names, with the learning-rate schedule of `build_schedule`.
 
     `weight_decay` is Keras' decoupled decay (each step `w -= lr * weight_decay * w`) for all three; `sgd`
-    uses `momentum`. Create it inside `strategy.scope()`.
+    uses `momentum`. With `ema_momentum` > 0 the optimizer also keeps the weights' moving average (pair it
+    with `ema_callbacks`). Create it inside `strategy.scope()`.
     """
     schedule = build_schedule(config, steps_per_epoch)
     weight_decay = config.weight_decay or None
+    ema = _ema_options(config)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=schedule, weight_decay=weight_decay)
+        return keras.optimizers.Adam(learning_rate=schedule, weight_decay=weight_decay, **ema)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay, **ema)
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, weight_decay=weight_decay)
+        return keras.optimizers.SGD(
+            learning_rate=schedule, momentum=config.momentum, weight_decay=weight_decay, **ema
+        )
     raise ValueError(f"unknown train.optimizer {config.optimizer!r}; choose adam, adamw or sgd.")
+
+
+def _ema_options(config: TrainConfig) -> dict:
+    """The optimizer's weight-averaging arguments for `train.ema_momentum` (none when it is 0)."""
+    momentum = config.ema_momentum
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(
+            f"train.ema_momentum must be in [0, 1) (0 turns weight averaging off; 0.999 is typical), got {momentum}."
+        )
+    return {"use_ema": True, "ema_momentum": momentum} if momentum else {}
+
+
+def ema_callbacks(config: TrainConfig, swap_on_epoch: bool = False) -> list:
+    """`[SwapEMAWeights]` when `train.ema_momentum` > 0, else `[]`: validation then scores the averaged weights,
+    and with `swap_on_epoch` so do the callbacks after it at each epoch's end (checkpoints, periodic AP)."""
+    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=swap_on_epoch)] if config.ema_momentum else []
 
 
 def segmentation_pairs(dataset: tf.data.Dataset) -> tf.data.Dataset:

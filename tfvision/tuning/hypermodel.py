@@ -109,6 +109,8 @@ class ExperimentHyperModel(keras_tuner.HyperModel):
                 f"initial_epoch, callbacks and verbose to tuner.search (got {len(args)} positional arguments "
                 f"and {sorted(kwargs)})."
             )
+        from tfvision.training.trainer import ema_callbacks
+
         config = self.sample_config(hp)
         train_ds, val_ds = self.datasets(config)
         return model.fit(
@@ -117,7 +119,7 @@ class ExperimentHyperModel(keras_tuner.HyperModel):
             epochs=epochs or config.train.epochs,
             initial_epoch=initial_epoch,
             steps_per_epoch=config.train.steps_per_epoch or None,
-            callbacks=list(callbacks),
+            callbacks=ema_callbacks(config.train) + list(callbacks),  # the tuner scores the averaged weights
             shuffle=False,  # datasets come shuffled (or not) from the input pipeline
             verbose=verbose,
         )
