@@ -373,7 +373,9 @@ class TrainConfig:
     `schedule`: `constant`, `cosine` (to 0 at the end of training) or `step` (multiplied by `decay_rate` after
     each epoch listed in `decay_epochs`); the rate warms up linearly over `warmup_steps`.
     `ema_momentum` > 0 (e.g. 0.999) keeps an exponential moving average of the weights (Polyak averaging, Keras'
-    `use_ema`): validation, checkpoints, evaluation and export use the averaged weights; 0 turns it off.
+    `use_ema`): validation, checkpoints, evaluation and export use the averaged weights; 0 turns it off. Only
+    trainable weights are averaged and BatchNorm statistics follow the raw weights, so the average's scores in
+    mid-training can fall well below the raw weights'; the two meet as a decaying learning rate settles them.
     `model_dir` holds checkpoints, the backup for resuming, TensorBoard logs and the label map.
     """
 
