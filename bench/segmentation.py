@@ -567,8 +567,11 @@ def _header(info: dict) -> list[str]:
 
     from tfvision.cpu_features import cpu_flags
 
-    listed = cpu_flags() or frozenset()
-    flags = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in listed)
+    listed = cpu_flags()
+    if listed is None:
+        flags = "flags unknown"
+    else:
+        flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in listed) or "no AVX2"
     onednn = os.environ["TF_ENABLE_ONEDNN_OPTS"]  # importing tfvision sets it, unless the caller already had
     return [
         f"Machine: {info.get('cpu', '?')}, {info['cpus']} CPUs ({flags}); Python {info['python']}, TensorFlow "
