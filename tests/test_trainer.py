@@ -270,7 +270,7 @@ def test_mixed_precision_policy_is_float16_only_on_gpus(monkeypatch, cpuinfo_fil
 def test_mixed_precision_is_float32_on_cpus_that_would_emulate_bfloat16(cpuinfo_file, tmp_path):
     strategy = tf.distribute.get_strategy()
     avx2_cpu = cpuinfo_file("avx2", "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
-                                  "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+                                    "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
     with pytest.warns(UserWarning, match="no bfloat16 instructions"):
         assert trainer_module._policy_name(True, strategy, avx2_cpu) == "float32"
     arm_cpu = cpuinfo_file("arm", "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
