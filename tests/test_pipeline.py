@@ -290,3 +290,30 @@ def test_loader_does_no_work_for_dropped_keys(tmp_path, monkeypatch):
             for batch in build_input_pipeline(dataset, 32, 2, training=training, seed=0, keys=keys):
                 assert set(batch) == set(keys)
         assert len(calls) == 2 * expected_calls, keys
+
+
+def parallel_maps(dataset):
+    """How many parallel map stages the dataset's graph has (before tf.data's own optimizations)."""
+    graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())
+    return sum(node.op == "ParallelMapDatasetV2" for node in graph.node)
+
+
+@pytest.mark.parametrize("include_masks", [False, True])
+def test_training_on_a_loader_decodes_and_augments_in_one_map(tmp_path, include_masks):
+    """On a loader's own dataset, training decodes and augments in one map (the seeds zipped with the loader's
+    index), with the same batches, in the same shuffled order, as on a dataset the pipeline cannot look into."""
+    root = synthetic.make_shapes(tmp_path / "shapes", 6, 1, 32, seed=0, progress=False)
+    dataset, _ = coco.load_coco_folder(root, "train", max_instances=8, include_masks=include_masks,
+                                       semantic_dir=None)
+    opaque = dataset.map(lambda example: example, num_parallel_calls=tf.data.AUTOTUNE)  # not the loader's
+    for keys in (None, ("images", "boxes", "classes")):
+        def pipeline(examples):
+            return build_input_pipeline(examples, 32, 2, training=True, seed=5, shuffle_buffer=4, keys=keys)
+
+        fused, other = pipeline(dataset), pipeline(opaque)
+        # Decode + augment, and the objects' transform after batch() (per example when masks are kept) ...
+        assert parallel_maps(fused) == 1 + (keys is not None or not include_masks)
+        # ... against decode, identity, key selection, augment, objects.
+        assert parallel_maps(other) == parallel_maps(fused) + 2 + (keys is not None)
+        for _ in range(2):  # new draws and a new order every epoch, the same for both
+            assert_same(batches(fused), batches(other))

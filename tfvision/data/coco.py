@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 from pycocotools import mask as mask_utils
 
-from tfvision.data import decode
+from tfvision.data import decode, pipeline
 from tfvision.data.label_map import LabelMap
 from tfvision.ops import boxes as box_ops
 
@@ -175,7 +175,7 @@ def load_coco(
         _to_example, max_instances=max_instances, include_masks=include_masks, draw_semantic=draw_semantic,
         has_class_maps=semantic_dir is not None, check_size=not validate_images,
     )
-    return dataset.map(to_example, num_parallel_calls=tf.data.AUTOTUNE), label_map
+    return pipeline.loader_map(dataset, to_example), label_map
 
 
 # --- Parsing the JSON (Python, once) -------------------------------------------------------------------------

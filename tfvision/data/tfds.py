@@ -24,6 +24,7 @@ import functools
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tfvision.data import pipeline
 from tfvision.data.decode import IGNORE
 from tfvision.data.label_map import LabelMap
 from tfvision.ops import boxes as box_ops
@@ -153,7 +154,7 @@ def load_tfds(name, split, data_dir=None, max_instances=100, download=False, **o
             pet_boxes=pet_boxes,
             masks=opts["include_masks"],
         )
-    return raw.map(fn, num_parallel_calls=tf.data.AUTOTUNE), label_map
+    return pipeline.loader_map(raw, fn), label_map
 
 
 def coco_label_map(tfds_names=None) -> LabelMap:

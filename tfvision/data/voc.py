@@ -31,7 +31,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import tensorflow as tf
 
-from tfvision.data import decode
+from tfvision.data import decode, pipeline
 from tfvision.data.label_map import LabelMap
 
 VOC_CLASSES = (
@@ -116,7 +116,7 @@ def load_voc(
     if shuffle_files:
         dataset = dataset.shuffle(len(images), reshuffle_each_iteration=True)
     to_example = functools.partial(_to_example, max_instances=max_instances, segmentation=segmentation)
-    return dataset.map(to_example, num_parallel_calls=tf.data.AUTOTUNE), label_map
+    return pipeline.loader_map(dataset, to_example), label_map
 
 
 def parse_annotation(path: str) -> dict:
