@@ -44,6 +44,9 @@ from tfvision.data import coco, pipeline, synthetic  # noqa: E402
 
 BATCH = 16
 MAX_INSTANCES = 32
+# Timed rounds per workload. Single rounds on a shared 2-core VM range over +-0.1 in ratio; the median of 15
+# moves far less than the median of 5 did, for a few seconds more per workload.
+ROUNDS = 15
 
 
 def make_jpeg_folder(shapes_root: str, out_root: str, height: int = 480, width: int = 640) -> None:
@@ -126,11 +129,12 @@ def steady_pass(dataset: tf.data.Dataset, batches: int, warm_up: int = 8) -> tup
     return result
 
 
-def compare(base: tf.data.Dataset, ours: tf.data.Dataset, num_images: int, repeats: int = 5) -> dict:
+def compare(base: tf.data.Dataset, ours: tf.data.Dataset, num_images: int, repeats: int = ROUNDS) -> dict:
     """Steady-state images/s of the two pipelines, in alternating timed passes of `num_images` each.
 
     Other jobs share the machine and their load drifts over a run; alternating the passes lets each round
-    compare the two under about the same load, and the median of the per-round ratios is the ratio reported.
+    compare the two under about the same load, and the median of the per-round ratios is the ratio reported,
+    with their interquartile range.
     CPU time per image (all threads of this process) is reported too: it is much less sensitive to the load.
     """
     if benchutil.quick():
@@ -145,13 +149,16 @@ def compare(base: tf.data.Dataset, ours: tf.data.Dataset, num_images: int, repea
     n = rounds[0][0][0]
     base_rate = [n / b[1] for b, _ in rounds]
     ours_rate = [n / o[1] for _, o in rounds]
+    ratios = sorted(o / b for o, b in zip(ours_rate, base_rate))
+    quarter = len(ratios) // 4
     base_cpu = benchutil.median([b[2] for b, _ in rounds]) / n
     ours_cpu = benchutil.median([o[2] for _, o in rounds]) / n
     return {
         "images": n,
         "baseline": benchutil.median(base_rate),
         "tfvision": benchutil.median(ours_rate),
-        "ratio": benchutil.median([o / b for o, b in zip(ours_rate, base_rate)]),
+        "ratio": benchutil.median(ratios),
+        "ratio_iqr": f"{ratios[quarter]:.2f}-{ratios[-1 - quarter]:.2f}",
         "baseline_cpu": 1e6 * base_cpu,
         "tfvision_cpu": 1e6 * ours_cpu,
         "cpu_ratio": base_cpu / ours_cpu,
@@ -183,9 +190,10 @@ def report(rows: list[dict]) -> str:
         "",
         f"Machine: {info.get('cpu', '?')}, {info['cpus']} CPUs; Python {info['python']}, TensorFlow "
         f"{info.get('tensorflow')}, Keras {info.get('keras')}, NumPy {info.get('numpy')}.",
-        f"Batch {BATCH}, AUTOTUNE parallelism; steady state: 5 rounds of one pass of each pipeline, alternating, "
-        "each pass timed on a new iterator after 8 untimed batches; img/s are medians, ratio is the median of the "
-        "per-round ratios (tfvision / baseline), CPU ratio compares CPU time per image (baseline / tfvision). "
+        f"Batch {BATCH}, AUTOTUNE parallelism; steady state: {ROUNDS} rounds of one pass of each pipeline, "
+        "alternating, each pass timed on a new iterator after 8 untimed batches; img/s are medians, ratio is the "
+        "median of the per-round ratios (tfvision / baseline), beside their interquartile range; CPU ratio "
+        "compares CPU time per image (baseline / tfvision). "
         "Start-up: wall ms from making an iterator to its first batch, paid once per epoch (median of 3). tfvision = "
         "`load_coco_folder` + `build_input_pipeline(training=True)` (default augmentation: flip, scale jitter + "
         f"crop; boxes/classes padded to {MAX_INSTANCES}); baseline = read + decode + resize + flip + batch. "
@@ -194,7 +202,8 @@ def report(rows: list[dict]) -> str:
         benchutil.md_table(rows, [
             ("workload", "workload", ""), ("images", "images", ""),
             ("baseline img/s", "baseline", "{:.0f}"), ("tfvision img/s", "tfvision", "{:.0f}"),
-            ("ratio", "ratio", "{:.2f}"), ("baseline CPU us/img", "baseline_cpu", "{:.0f}"),
+            ("ratio", "ratio", "{:.2f}"), ("ratio IQR", "ratio_iqr", ""),
+            ("baseline CPU us/img", "baseline_cpu", "{:.0f}"),
             ("tfvision CPU us/img", "tfvision_cpu", "{:.0f}"), ("CPU ratio", "cpu_ratio", "{:.2f}"),
             ("baseline start-up ms", "baseline_start", "{:.0f}"),
             ("tfvision start-up ms", "tfvision_start", "{:.0f}"),
