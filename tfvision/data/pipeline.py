@@ -53,9 +53,9 @@ def loader_map(index: tf.data.Dataset, to_example) -> tf.data.Dataset:
 
     The two parts are remembered, so that `build_input_pipeline` can decode and augment each example in one
     map function when it trains on this dataset: its per-example seeds are zipped with the index instead of
-    with the decoded examples, since a zip between two maps keeps tf.data from fusing them (measured on
-    128-px PNGs with flip and scale jitter, median of 15 alternating rounds: 0.81 of `bench/data_pipeline.py`'s
-    bare baseline's images/s against 0.73 with the zip after decoding).
+    with the decoded examples, since a zip between two maps keeps tf.data from fusing them (`bench/data_pipeline.py`
+    on 128-px PNGs with flip and scale jitter: 0.76-0.81 of the bare baseline's images/s, against 0.69-0.77
+    with the zip after decoding).
     """
     dataset = index.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
     _LOADER_MAPS[dataset] = (index, to_example)
@@ -165,8 +165,8 @@ def build_input_pipeline(
         shuffle_buffer: size of the shuffle buffer when training; 0 disables shuffling. It holds decoded
             examples (a 640x480 image with its segmentation is ~2 MB, 100 instance masks add 30 MB), so
             it is kept small; shuffle file order in the loader, before decoding, for a wider mix. (On a
-            tfvision loader's dataset, augmented and not cached, it shuffles the loader's index rows instead:
-            the same order, without holding decoded images.)
+            tfvision loader's dataset, augmented and not cached, it shuffles the rows the loader maps instead,
+            in the same order: for the COCO and VOC folders, paths and boxes rather than decoded images.)
         seed: makes shuffling and augmentation reproducible; None for fresh randomness.
         drop_remainder: drop a last, smaller batch; defaults to `training` so that training batches have
             a static batch size (tf.distribute, XLA).
