@@ -358,14 +358,6 @@ def object_slices(objects: list[Objects], max_instances: int) -> dict:
     }
 
 
-def ragged_rows(rows: list, dtype) -> tf.RaggedTensor:
-    """A list of per-image 1-D arrays (or lists of bytes) as a ragged tensor with one row per image."""
-    lengths = [len(r) for r in rows]
-    flat = [v for r in rows for v in r]
-    values = tf.constant(flat, dtype=dtype) if flat else tf.zeros([0], dtype)
-    return tf.RaggedTensor.from_row_lengths(values, lengths)
-
-
 # --- Decoding and assembling (TensorFlow, inside tf.data) ----------------------------------------------------
 
 
