@@ -331,6 +331,37 @@ def test_geometries_hand_worked():
         transforms.scale_crop_geometry([40, 40], 40, flip_probability=1.5)
 
 
+def test_geometries_of_a_batch_equal_each_example():
+    """resize_geometry / scale_crop_geometry on [B, 2] sizes and [B, 4] draws == one geometry per example, and
+    a seed gives the geometry of its draws."""
+    sizes = tf.constant([[48, 64], [40, 40], [64, 48], [36, 50], [17, 90]], tf.int32)
+    draws = transforms.geometry_draws(3, count=5)
+    assert draws.shape == (5, transforms.GEOMETRY_DRAWS)
+
+    def make(size, example_draws):
+        scaled = transforms.scale_crop_geometry(size, (32, 40), (0.3, 3.0), flip_probability=0.5,
+                                                draws=example_draws)
+        flipped = transforms.random_flip_geometry(transforms.resize_geometry(size, (32, 40)), 0.5,
+                                                  draws=example_draws)
+        return scaled, flipped
+
+    batched = make(sizes, draws)
+    for i in range(5):
+        for one, many in zip(make(sizes[i], draws[i]), batched):
+            assert one.keys() == many.keys()
+            for key in one:
+                np.testing.assert_array_equal(many[key][i], one[key], err_msg=f"{key}, example {i}")
+    assert {bool(f) for f in batched[0]["flip"]} == {False, True}
+    for seed in range(4):
+        by_seed = transforms.scale_crop_geometry([48, 64], 40, seed=seed, flip_probability=0.5)
+        by_draws = transforms.scale_crop_geometry([48, 64], 40, flip_probability=0.5,
+                                                  draws=transforms.geometry_draws(seed))
+        for key in by_seed:
+            np.testing.assert_array_equal(by_seed[key], by_draws[key], err_msg=key)
+    with pytest.raises(ValueError, match="probability"):
+        transforms.random_flip_geometry(batched[1], 1.5, draws=draws)
+
+
 def test_flipped_window_equals_flip_then_mirrored_window():
     rects = [(4, 6, 22, 30), (26, 36, 44, 60), (10, 40, 20, 52)]
     example = make_example(48, 64, rects, n=6, crowd=[1], difficult=[2])

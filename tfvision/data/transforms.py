@@ -158,7 +158,9 @@ def random_horizontal_flip(example: dict, probability: float = 0.5, seed=None) -
 # A geometry is applied in two parts: `transform_pixels` (image and semantic map, per example, as their sizes
 # differ) and `transform_objects` (boxes and per-object keys), which also runs on a whole batch
 # ([B, N, 4] boxes, every geometry tensor with a leading [B]): the input pipeline does the box arithmetic once
-# per batch instead of once per example.
+# per batch instead of once per example. `resize_geometry` and `scale_crop_geometry` make batches of geometries
+# too (image sizes [B, 2]): the input pipeline draws them for many examples at once when their image sizes are
+# known before decoding.
 #
 # Few ops per example matter on small images: each executed op costs ~1 us in a tf.data function, and
 # tf.data optimizes every map function with Grappler each time an iterator is made (every epoch), at
@@ -169,34 +171,51 @@ def resize_geometry(image_size, output_size) -> dict:
     """The geometry of `resize_and_pad`: the whole image, resized to fit `output_size` with its aspect kept.
 
     Args:
-        image_size: int32 `[2]`, the source (height, width).
+        image_size: int32 `[2]`, the source (height, width); or `[B, 2]` for a batch of geometries.
         output_size: int or (height, width), the static output size.
 
     Returns:
-        A geometry dict (see the section comment above).
+        A geometry dict (see the section comment above), each tensor with a leading `[B]` for a batch.
     """
     height, width = check_output_size(output_size, "resize_geometry")
     source = tf.cast(image_size, tf.int32)
     size = tf.cast(source, tf.float32)
-    scale = tf.reduce_min(tf.constant([height, width], tf.float32) / size)
-    resized = tf.clip_by_value(tf.cast(tf.round(size * scale), tf.int32), 1, [height, width])
-    return {"offset": tf.zeros([2], tf.int32), "crop": source, "resized": resized, "scale": scale}
+    scale = tf.reduce_min(tf.constant([height, width], tf.float32) / size, axis=-1)
+    resized = tf.clip_by_value(tf.cast(tf.round(size * scale[..., tf.newaxis]), tf.int32), 1, [height, width])
+    return {"offset": tf.zeros_like(source), "crop": source, "resized": resized, "scale": scale}
+
+
+# A random geometry comes from GEOMETRY_DRAWS uniform numbers in [0, 1): the scale jitter, the window's
+# position (y, x), the flip.
+GEOMETRY_DRAWS = 4
+
+
+def geometry_draws(seed=None, count: int | None = None) -> tf.Tensor:
+    """The uniform draws of one random geometry (float32 `[4]`), or of `count` of them (`[count, 4]`), from a
+    stateless seed (int, int `[2]` tensor, or None: not reproducible)."""
+    # The raw ops are what tf.random.stateless_uniform runs, without its [0, 1) -> [min, max) nodes.
+    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=as_seed(seed))
+    shape = [GEOMETRY_DRAWS] if count is None else [count, GEOMETRY_DRAWS]
+    return tf.raw_ops.StatelessRandomUniformV2(shape=shape, key=key, counter=counter, alg=1, dtype=tf.float32)
 
 
 def scale_crop_geometry(
-    image_size, output_size, scale_range=(0.5, 2.0), seed=None, flip_probability: float = 0.0
+    image_size, output_size, scale_range=(0.5, 2.0), seed=None, flip_probability: float = 0.0, draws=None
 ) -> dict:
     """The geometry of `random_scale_crop` (see there), optionally with a random flip: one random draw.
 
     Args:
-        image_size: int32 `[2]`, the source (height, width).
+        image_size: int32 `[2]`, the source (height, width); or `[B, 2]` with `draws` `[B, 4]` for a batch of
+            geometries.
         output_size: int or (height, width), the static output size.
         scale_range: (min, max) of the jitter r; r > 1 zooms in (crops), r < 1 zooms out (pads).
         seed: int, int `[2]` tensor, or None (not reproducible).
         flip_probability: chance of mirroring the image; 0 adds no `flip`.
+        draws: float32 `[..., 4]` uniform draws in [0, 1) to use instead of drawing them from `seed`
+            (`geometry_draws(seed)` is what the seed gives).
 
     Returns:
-        A geometry dict (see the section comment above).
+        A geometry dict (see the section comment above), each tensor with a leading `[B]` for a batch.
     """
     height, width = check_output_size(output_size, "random_scale_crop")
     low, high = (float(s) for s in scale_range)
@@ -206,14 +225,13 @@ def scale_crop_geometry(
         )
     if not 0.0 <= float(flip_probability) <= 1.0:
         raise ValueError(f"scale_crop_geometry: flip_probability must be in [0, 1], got {flip_probability}.")
-    # One draw for everything, in [0, 1): the jitter, the window's offset (y, x), the flip. The raw ops are
-    # what tf.random.stateless_uniform runs, without its [0, 1) -> [min, max) nodes.
-    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=as_seed(seed))
-    draw = tf.raw_ops.StatelessRandomUniformV2(shape=[4], key=key, counter=counter, alg=1, dtype=tf.float32)
-    jitter, position, flip = tf.split(draw, [1, 2, 1])
+    if draws is None:
+        draws = geometry_draws(seed)
+    jitter, position, flip = tf.split(draws, [1, 2, 1], axis=-1)
     source = tf.cast(image_size, tf.int32)
     out_size = tf.constant([height, width], tf.float32)
-    scale = (low + (high - low) * jitter) * tf.reduce_min(out_size / tf.cast(source, tf.float32))  # [1]
+    fit = tf.reduce_min(out_size / tf.cast(source, tf.float32), axis=-1, keepdims=True)
+    scale = (low + (high - low) * jitter) * fit  # [..., 1]
     # The source window that covers the output (all of the image when zoomed out), at a random offset.
     crop = tf.minimum(source, tf.cast(tf.math.ceil(out_size / scale), tf.int32))
     room = source - crop
@@ -224,25 +242,31 @@ def scale_crop_geometry(
     resized = tf.clip_by_value(
         tf.cast(tf.round(tf.cast(crop, tf.float32) * scale), tf.int32), 1, tf.constant([height, width], tf.int32)
     )
-    geometry = {"offset": offset, "crop": crop, "resized": resized, "scale": tf.reshape(scale, [])}
+    geometry = {"offset": offset, "crop": crop, "resized": resized, "scale": scale[..., 0]}
     if flip_probability:
-        geometry["flip"] = tf.reshape(flip < flip_probability, [])
+        geometry["flip"] = flip[..., 0] < flip_probability
     return geometry
 
 
-def random_flip_geometry(geometry: dict, probability: float = 0.5, seed=None) -> dict:
+def random_flip_geometry(geometry: dict, probability: float = 0.5, seed=None, draws=None) -> dict:
     """Adds a random left-right flip to a geometry: the same draw as `random_horizontal_flip` with this seed.
 
     Args:
         geometry: from `resize_geometry` or `scale_crop_geometry`.
         probability: chance of flipping, in [0, 1].
         seed: int, int `[2]` tensor, or None (not reproducible).
+        draws: float32 `[..., 4]` geometry draws to take the flip from (the last one) instead of `seed`: for a
+            batch of geometries, or to flip as `scale_crop_geometry` does with the same draws.
 
     Returns:
-        The geometry with `flip` bool []: for `resize_geometry`, transforming with it equals
-        `random_horizontal_flip` and then `resize_and_pad` (boxes up to float rounding).
+        The geometry with `flip` bool `[]` (`[B]` for a batch): for `resize_geometry`, transforming with it
+        equals `random_horizontal_flip` and then `resize_and_pad` (boxes up to float rounding).
     """
-    return dict(geometry, flip=_flip_draw(probability, seed, "random_horizontal_flip"))
+    if draws is None:
+        return dict(geometry, flip=_flip_draw(probability, seed, "random_horizontal_flip"))
+    if not 0.0 <= float(probability) <= 1.0:
+        raise ValueError(f"random_flip_geometry: probability must be in [0, 1], got {probability}.")
+    return dict(geometry, flip=draws[..., GEOMETRY_DRAWS - 1] < probability)
 
 
 def _pad_to(x, height, width, fill, leading=0):
