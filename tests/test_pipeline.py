@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from tfvision.data import coco, synthetic, transforms
-from tfvision.data.pipeline import build_input_pipeline
+from tfvision.data import pipeline as pipeline_module
+from tfvision.data.pipeline import DRAW_CHUNK, build_input_pipeline
 
 N = 4
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
@@ -216,14 +217,15 @@ def test_cached_training_shuffles_the_whole_set_every_epoch():
 
 def per_example_reference(examples, size, seed, flip_probability=0.5, scale_range=(0.5, 2.0)):
     """What the training pipeline (shuffle_buffer=0) promises for each example, from the per-example
-    transforms: the geometry drawn from its seed (the first epoch of Dataset.random(seed)), applied in full.
-    Returns (examples as NumPy dicts, whether each was flipped)."""
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+    transforms: the geometry from its draws (example k: row k of the geometry draws of the first seed of
+    Dataset.random(seed)), applied in full. Returns (examples as NumPy dicts, whether each was flipped)."""
+    first_seed = next(iter(tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)))
+    draws = transforms.geometry_draws(first_seed, DRAW_CHUNK)
     out, flips = [], []
-    for example, example_seed in zip(examples, seeds):
+    for example, example_draws in zip(examples, draws):
         example = {k: tf.constant(v) for k, v in example.items()}
-        geometry = transforms.scale_crop_geometry(tf.shape(example["images"])[:2], size, scale_range, example_seed,
-                                                  flip_probability)
+        geometry = transforms.scale_crop_geometry(tf.shape(example["images"])[:2], size, scale_range,
+                                                  flip_probability=flip_probability, draws=example_draws)
         out.append(to_numpy(transforms.transform_objects(transforms.transform_pixels(example, geometry, size),
                                                          geometry, size, min_box_area=1.0)))
         flips.append(bool(geometry["flip"]))
@@ -299,9 +301,13 @@ def parallel_maps(dataset):
 
 
 @pytest.mark.parametrize("include_masks", [False, True])
-def test_training_on_a_loader_decodes_and_augments_in_one_map(tmp_path, include_masks):
-    """On a loader's own dataset, training decodes and augments in one map (the seeds zipped with the loader's
-    index), with the same batches, in the same shuffled order, as on a dataset the pipeline cannot look into."""
+@pytest.mark.parametrize("draw_chunk", [4, DRAW_CHUNK])
+def test_training_on_a_loader_decodes_and_augments_in_one_map(tmp_path, monkeypatch, include_masks, draw_chunk):
+    """On a loader's own dataset, training decodes and augments in one map (the draws zipped with the loader's
+    index, the geometries drawn ahead for chunks of rows, as the COCO index knows the image sizes), with the
+    same batches, in the same shuffled order, as on a dataset the pipeline cannot look into. Chunks of 4 draws
+    for 6 examples: a full chunk and a partial one."""
+    monkeypatch.setattr(pipeline_module, "DRAW_CHUNK", draw_chunk)
     root = synthetic.make_shapes(tmp_path / "shapes", 6, 1, 32, seed=0, progress=False)
     dataset, _ = coco.load_coco_folder(root, "train", max_instances=8, include_masks=include_masks,
                                        semantic_dir=None)
@@ -311,9 +317,10 @@ def test_training_on_a_loader_decodes_and_augments_in_one_map(tmp_path, include_
             return build_input_pipeline(examples, 32, 2, training=True, seed=5, shuffle_buffer=4, keys=keys)
 
         fused, other = pipeline(dataset), pipeline(opaque)
-        # Decode + augment, and the objects' transform after batch() (per example when masks are kept) ...
-        assert parallel_maps(fused) == 1 + (keys is not None or not include_masks)
-        # ... against decode, identity, key selection, augment, objects.
-        assert parallel_maps(other) == parallel_maps(fused) + 2 + (keys is not None)
+        # Geometries of a chunk, decode + augment, and the objects' transform after batch() (per example when
+        # masks are kept) ...
+        assert parallel_maps(fused) == 2 + (keys is not None or not include_masks)
+        # ... against decode, identity, key selection, augment (with its geometry), objects.
+        assert parallel_maps(other) == parallel_maps(fused) + 1 + (keys is not None)
         for _ in range(2):  # new draws and a new order every epoch, the same for both
             assert_same(batches(fused), batches(other))

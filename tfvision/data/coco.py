@@ -178,7 +178,8 @@ def load_coco(
         _to_example, max_instances=max_instances, include_masks=include_masks, draw_semantic=draw_semantic,
         has_class_maps=semantic_dir is not None, check_size=not validate_images, layers=layers,
     )
-    return pipeline.loader_map(dataset, to_example), label_map
+    # The index holds each image's size (from the JSON; checked against the decoded image).
+    return pipeline.loader_map(dataset, to_example, image_size=lambda rows: rows["size"]), label_map
 
 
 # --- Parsing the JSON (Python, once) -------------------------------------------------------------------------

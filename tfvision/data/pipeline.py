@@ -1,7 +1,9 @@
 """The input pipeline: a loader's per-image dataset -> shuffled, augmented, batched, prefetched dicts.
 
-Training draws one stateless seed per example from `tf.data.Dataset.random` zipped alongside the data, so
-the augmentation is reproducible given `seed` whatever the map's parallelism, and different in every epoch.
+Training draws its randomness from `tf.data.Dataset.random` zipped alongside the data, so the augmentation is
+reproducible given `seed` whatever the map's parallelism, and different in every epoch: for flip and scale
+jitter, four uniform numbers per example (`geometry_draw_chunks`); for photometric jitter and SSD's
+augmentations, a stateless seed per example (`example_seeds`).
 
 Built for small images, where fixed costs, not pixels, dominate (measured on 128-px PNGs: each op run in a
 tf.data function costs ~1 us per example, and every map function is optimized by Grappler again each time an
@@ -16,9 +18,12 @@ iterator is made, i.e. every epoch, at ~0.1 ms per graph node):
     geometry (`transforms.transform_objects`), instead of ~50 small ops per example. Instance masks are the
     exception: only the kept ones are resampled, so with masks the objects are done per example.
   - Without random augmentation (evaluation) the per-example map is deterministic and fuses into the
-    loader's map too. With it, the seeds are zipped beside the examples, and a zip between two maps keeps
-    tf.data from fusing them; so on the datasets of tfvision's loaders (`loader_map`) the seeds are zipped
+    loader's map too. With it, the draws are zipped beside the examples, and a zip between two maps keeps
+    tf.data from fusing them; so on the datasets of tfvision's loaders (`loader_map`) the draws are zipped
     with the loader's index instead, and decoding and augmenting are one map function.
+  - When the loader's index knows each image's size before decoding (COCO folders), the flip and scale
+    jitter geometries of `DRAW_CHUNK` examples are computed at once, vectorised, ahead of decoding: run per
+    example, the ~30 small ops of a geometry cost ~40 us of CPU per 128-px example (5% of the pipeline).
 """
 
 from __future__ import annotations
@@ -44,21 +49,34 @@ DEFAULT_AUGMENT = ("flip", "scale_jitter")
 DERIVED_KEYS = ("image_scale",)
 # Each example's geometry, carried through batch() to transform the objects after it; never in the output.
 _GEOMETRY = "_geometry"
-# The datasets made by `loader_map`: dataset -> (index, to_example).
+# The augmentations whose randomness is a geometry's draws (`transforms.geometry_draws`); the others draw from
+# a per-example seed.
+GEOMETRY_AUGMENTATIONS = ("flip", "scale_jitter")
+# Examples whose geometry draws are one chunk: one [DRAW_CHUNK, 4] draw, and, when the image sizes are known
+# before decoding, one vectorised geometry computation.
+DRAW_CHUNK = 64
+# The datasets made by `loader_map`: dataset -> (index, to_example, image_size).
 _LOADER_MAPS = weakref.WeakKeyDictionary()
 
 
-def loader_map(index: tf.data.Dataset, to_example) -> tf.data.Dataset:
+def loader_map(index: tf.data.Dataset, to_example, image_size=None) -> tf.data.Dataset:
     """`index.map(to_example)`, in parallel: how tfvision's loaders decode their index rows into examples.
 
-    The two parts are remembered, so that `build_input_pipeline` can decode and augment each example in one
-    map function when it trains on this dataset: its per-example seeds are zipped with the index instead of
-    with the decoded examples, since a zip between two maps keeps tf.data from fusing them (`bench/data_pipeline.py`
+    The parts are remembered, so that `build_input_pipeline` can decode and augment each example in one map
+    function when it trains on this dataset: its random draws are zipped with the index instead of with the
+    decoded examples, since a zip between two maps keeps tf.data from fusing them (`bench/data_pipeline.py`
     on 128-px PNGs with flip and scale jitter: 0.76-0.81 of the bare baseline's images/s, against 0.69-0.77
     with the zip after decoding).
+
+    Args:
+        index: the loader's rows (paths, sizes, padded objects, ...).
+        to_example: row -> example dict (reads and decodes).
+        image_size: when the rows know their image's (height, width) before decoding, a function of one row
+            or a batch of rows that gives it (int32 `[..., 2]`): the pipeline then computes the geometries of
+            `DRAW_CHUNK` examples at once, ahead of decoding.
     """
     dataset = index.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
-    _LOADER_MAPS[dataset] = (index, to_example)
+    _LOADER_MAPS[dataset] = (index, to_example, image_size)
     return dataset
 
 
@@ -124,6 +142,12 @@ def example_seeds(seed=None, rerandomize_each_iteration: bool = True) -> tf.data
     )
 
 
+def geometry_draw_chunks(seed=None) -> tf.data.Dataset:
+    """An endless dataset of float32 `[DRAW_CHUNK, 4]` geometry draws (`transforms.geometry_draws` of each seed
+    of `example_seeds(seed)`): example k of an epoch gets row k % DRAW_CHUNK of chunk k // DRAW_CHUNK."""
+    return example_seeds(seed).map(lambda chunk_seed: transforms.geometry_draws(chunk_seed, DRAW_CHUNK))
+
+
 def build_input_pipeline(
     dataset: tf.data.Dataset,
     output_size,
@@ -143,9 +167,10 @@ def build_input_pipeline(
     photometric jitter, as `augment` asks. Evaluation: resize-and-pad only, in order. Both batch and
     prefetch; maps run with `num_parallel_calls=tf.data.AUTOTUNE`.
 
-    Each example gets `transforms.scale_crop_geometry(size, output_size, seed=s, flip_probability=p)`
-    (or `resize_geometry`, plus `random_flip_geometry` for a flip without scale jitter), where s is its
-    seed; the output is, bit for bit, `transform_objects(transform_pixels(example, geometry))` batched:
+    Each example gets `transforms.scale_crop_geometry(size, output_size, draws=d, flip_probability=p)`
+    (or `resize_geometry`, plus `random_flip_geometry(draws=d)` for a flip without scale jitter), where d
+    is its row of `geometry_draw_chunks(seed)` (with photometric jitter, `transforms.geometry_draws` of its
+    seed); the output is, bit for bit, `transform_objects(transform_pixels(example, geometry))` batched:
     the same as `random_scale_crop` / `resize_and_pad`, and a flip is `random_horizontal_flip` before them
     with the window mirrored. Boxes are transformed after batching (per example when there are masks).
 
@@ -195,12 +220,12 @@ def build_input_pipeline(
 
     spec = _select(dataset.element_spec, keys)
     # Random augmentation of a `loader_map` dataset (not cached: a cache holds decoded examples): decoding
-    # joins `prepare`'s map, and the index is shuffled and zipped with the seeds instead of the decoded
-    # examples (see `loader_map`). The same examples, seeds and order as the other way.
+    # joins `prepare`'s map, and the index is shuffled and zipped with the draws instead of the decoded
+    # examples (see `loader_map`). The same examples, draws and order as the other way.
     loader_parts = _LOADER_MAPS.get(dataset) if options and not cache else None
-    to_example = None
+    to_example = image_size = None
     if loader_parts is not None:
-        dataset, to_example = loader_parts
+        dataset, to_example, image_size = loader_parts
     elif keys is not None:
         # Parallel, like the loaders' maps, so that map fusion can merge the two.
         dataset = dataset.map(lambda example: _select(example, keys), num_parallel_calls=autotune)
@@ -222,6 +247,9 @@ def build_input_pipeline(
             f"build_input_pipeline: augment['flip'] takes only 'probability', got {sorted(options['flip'])}."
         )
     ssd = any(name in options for name in SSD_AUGMENTATIONS)
+    geometric = any(name in options for name in GEOMETRY_AUGMENTATIONS)
+    # Flip and scale jitter alone draw from `geometry_draw_chunks`; with the others, from per-example seeds.
+    by_draws = geometric and set(options) <= set(GEOMETRY_AUGMENTATIONS)
     if ssd and "scale_jitter" in options:
         raise ValueError(
             "build_input_pipeline: augment asks for scale_jitter and SSD's expand / min_iou_crop, which both choose "
@@ -232,26 +260,43 @@ def build_input_pipeline(
     transform_objects = transforms.transform_canvas_objects if ssd else transforms.transform_objects
     keep = None if keys is None else tuple(keys) + (_GEOMETRY,)
 
-    def prepare(example, example_seed=None):
+    def draw_geometry(sizes, draws):
+        """The flip and scale jitter geometry of one example (sizes `[2]`, draws `[4]`) or of a chunk of them
+        (`[B, 2]`, `[B, 4]`): flip, jitter and window from one draw (the cheapest graph; see transforms)."""
+        if "scale_jitter" in options:
+            return transforms.scale_crop_geometry(
+                sizes, output_size, draws=draws, flip_probability=flip_probability, **scale_kwargs
+            )
+        return transforms.random_flip_geometry(
+            transforms.resize_geometry(sizes, output_size), flip_probability, draws=draws
+        )
+
+    def draw_ahead(rows, draws):
+        """The geometries of a chunk of index rows, before decoding."""
+        sizes = image_size(rows)
+        return draw_geometry(sizes, draws[: tf.shape(sizes)[0]])
+
+    def prepare(example, randomness=None):
+        """One example, decoded if it is an index row, with its pixels transformed. `randomness`: none
+        (no augmentation), its geometry (drawn ahead), its geometry draws, or its seed."""
         if to_example is not None:
             example = _select(to_example(example), keys)
-        image_size = tf.shape(example["images"])[:2]
-        if "photometric" in options:
-            example_seed, colour_seed = tf.unstack(tf.random.split(example_seed, 2))
+        if options and not by_draws:
+            geometry_seed = randomness
+            if "photometric" in options:
+                geometry_seed, colour_seed = tf.unstack(tf.random.split(randomness, 2))
         if ssd:
             geometry = transforms.ssd_geometry(
                 example, output_size, expand=expand_kwargs if "expand" in options else None,
-                min_iou_crop=options.get("min_iou_crop"), flip_probability=flip_probability, seed=example_seed,
+                min_iou_crop=options.get("min_iou_crop"), flip_probability=flip_probability, seed=geometry_seed,
             )
-        elif "scale_jitter" in options:
-            # Flip, jitter and window come from one draw (the cheapest graph; see transforms).
-            geometry = transforms.scale_crop_geometry(
-                image_size, output_size, seed=example_seed, flip_probability=flip_probability, **scale_kwargs
-            )
+        elif isinstance(randomness, Mapping):
+            geometry = randomness
+        elif geometric:
+            draws = randomness if by_draws else transforms.geometry_draws(geometry_seed)
+            geometry = draw_geometry(tf.shape(example["images"])[:2], draws)
         else:
-            geometry = transforms.resize_geometry(image_size, output_size)
-            if "flip" in options:
-                geometry = transforms.random_flip_geometry(geometry, flip_probability, seed=example_seed)
+            geometry = transforms.resize_geometry(tf.shape(example["images"])[:2], output_size)
         if ssd:
             example = transforms.transform_canvas_pixels(example, geometry, output_size, fill)
         else:
@@ -269,7 +314,17 @@ def build_input_pipeline(
         geometry = batch.pop(_GEOMETRY)
         return transform_objects(batch, geometry, output_size, min_box_area)
 
-    if options:
+    if by_draws and image_size is not None:
+        # Geometries drawn ahead, a chunk of rows at a time (unbatch() gives back rows of the same spec, ragged
+        # ones included).
+        dataset = tf.data.Dataset.zip(dataset.batch(DRAW_CHUNK), geometry_draw_chunks(seed))
+        dataset = dataset.map(
+            lambda rows, draws: (rows, draw_ahead(rows, draws)), num_parallel_calls=autotune,
+            deterministic=deterministic,
+        ).unbatch()
+    elif by_draws:
+        dataset = tf.data.Dataset.zip(dataset, geometry_draw_chunks(seed).unbatch())
+    elif options:
         dataset = tf.data.Dataset.zip(dataset, example_seeds(seed))
     # Without random augmentation `prepare` is deterministic and fuses into the loader's map.
     dataset = dataset.map(prepare, num_parallel_calls=autotune, deterministic=deterministic)
