@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tfvision.data import decode, voc
+from tfvision.data.pipeline import build_input_pipeline
 
 N = 4
 
@@ -314,6 +315,10 @@ def test_image_size_differs_from_xml(voc_root):
         f.write(_xml("000007", (41, 56), []))
     with pytest.raises(ValueError, match=r"000007\.jpg is 40x56 \(height x width\), but .*000007\.xml says 41x56"):
         _load(voc_root)
+    # Without validation the mismatch is still caught, when the image is decoded.
+    dataset, _ = _load(voc_root, validate_images=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"000007\.jpg.*different size.*<size> in its XML"):
+        _examples(dataset)
 
 
 def test_xml_without_size_uses_the_image(voc_root):
@@ -321,6 +326,21 @@ def test_xml_without_size_uses_the_image(voc_root):
         f.write(_xml("000007", None, [("cat", 50, 30, 60, 45, 0)]))  # overhangs the 40x56 image
     second = _examples(_load(voc_root, validate_images=False)[0])[1]
     np.testing.assert_allclose(second["boxes"][0], [29, 49, 40, 56])
+
+
+def test_training_pipeline_draws_geometries_ahead_with_the_same_batches(voc_root):
+    """The index knows the image sizes, so training draws the geometries per chunk before decoding: the same
+    batches as on a dataset the pipeline cannot look into."""
+    dataset, _ = _load(voc_root)
+    opaque = dataset.map(lambda example: example)
+    runs = [
+        [batch for batch in build_input_pipeline(d, 32, 2, training=True, seed=1, shuffle_buffer=3).as_numpy_iterator()]
+        for d in (dataset, opaque)
+    ]
+    assert len(runs[0]) == len(runs[1]) > 0
+    for ahead, other in zip(*runs):
+        for key in ahead:
+            np.testing.assert_array_equal(ahead[key], other[key], err_msg=key)
 
 
 def test_folder_and_split_errors(voc_root):

@@ -494,14 +494,8 @@ def _to_example(s, max_instances, include_masks, draw_semantic, has_class_maps, 
     """The tf.data map: one index slice -> one example dict (decodes the image, masks and class map).
     `layers`: per image of the index, what `_layers` gives (or None without masks and drawn maps)."""
     image = decode.read_image(s["path"])
-    if check_size:
-        # Masks and boxes follow the JSON's size; a file of another size must fail here, with its name, not
-        # later as a shape mismatch. Validated images (the default) had their size checked at build time.
-        same_size = tf.reduce_all(tf.equal(tf.shape(image, out_type=tf.int32)[:2], s["size"]))
-        check = tf.debugging.Assert(same_size, [s["path"], "has a different size (height, width) than the "
-                                                "annotation file says:", tf.shape(image)[:2], "vs", s["size"]])
-        with tf.control_dependencies([check]):
-            image = tf.identity(image)
+    if check_size:  # validated images (the default) had their size checked at build time
+        image = decode.checked_size(image, s["size"], s["path"], "the annotation file says")
     objects = {key: s[key] for key in ("boxes", "classes", "is_crowd", "difficult")}
     masks = drawn = None
     if include_masks or draw_semantic:

@@ -375,6 +375,20 @@ def read_image(path) -> tf.Tensor:
     return image
 
 
+def checked_size(image, size, path, source: str) -> tf.Tensor:
+    """`image`, once checked to be `size` (height, width), as its annotations say.
+
+    Boxes and masks follow the annotations' size, so a file of another size must fail here, with its name (and
+    `source`, e.g. "the annotation file says"), not later as a shape mismatch.
+    """
+    same_size = tf.reduce_all(tf.equal(tf.shape(image, out_type=tf.int32)[:2], size))
+    check = tf.debugging.Assert(
+        same_size, [path, f"has a different size (height, width) than {source}:", tf.shape(image)[:2], "vs", size]
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
+
+
 def read_class_map(path, ihdr, scale, is_path: bool = True) -> tf.Tensor:
     """Reads the pixel values (class ids) of a palette or grayscale PNG, not its palette colours.
 

@@ -106,6 +106,7 @@ def load_voc(
     slices = {
         "path": tf.constant([im["path"] for im in images]),
         "image_id": tf.constant([im["image_id"] for im in images], tf.int64),
+        "size": tf.constant([im["size"] for im in images], tf.int32),
         **decode.object_slices(objects, max_instances),
     }
     if segmentation:
@@ -115,8 +116,11 @@ def load_voc(
     dataset = tf.data.Dataset.from_tensor_slices(slices)
     if shuffle_files:
         dataset = dataset.shuffle(len(images), reshuffle_each_iteration=True)
-    to_example = functools.partial(_to_example, max_instances=max_instances, segmentation=segmentation)
-    return pipeline.loader_map(dataset, to_example), label_map
+    to_example = functools.partial(
+        _to_example, max_instances=max_instances, segmentation=segmentation, check_size=not validate_images
+    )
+    # The index holds each image's size (from the XML; checked against the decoded image).
+    return pipeline.loader_map(dataset, to_example, image_size=lambda rows: rows["size"]), label_map
 
 
 def parse_annotation(path: str) -> dict:
@@ -294,12 +298,14 @@ def _int(element, path_in_xml, file):
         raise ValueError(f"{file}: <{path_in_xml}> is {text!r}, not a number.") from None
 
 
-def _to_example(s, max_instances, segmentation):
+def _to_example(s, max_instances, segmentation, check_size):
     """The tf.data map: one index slice -> one example dict."""
     image = decode.read_image(s["path"])
+    if check_size:  # validated images (the default) had their size checked at build time
+        image = decode.checked_size(image, s["size"], s["path"], "the <size> in its XML says")
     if segmentation:
         semantic = decode.read_class_map(s["class_map_path"], s["ihdr"], s["scale"])
     else:
         semantic = decode.unknown_segmentation(image)
     objects = {key: s[key] for key in ("boxes", "classes", "is_crowd", "difficult")}
-    return decode.example(image, objects, semantic, s["image_id"], max_instances)
+    return decode.example(image, objects, semantic, s["image_id"], max_instances, size=s["size"])
