@@ -219,6 +219,7 @@ def per_example_reference(examples, size, seed, flip_probability=0.5, scale_rang
     """What the training pipeline (shuffle_buffer=0) promises for each example, from the per-example
     transforms: the geometry from its draws (example k: row k of the geometry draws of the first seed of
     Dataset.random(seed)), applied in full. Returns (examples as NumPy dicts, whether each was flipped)."""
+    assert len(examples) <= DRAW_CHUNK  # all in the first chunk of draws
     first_seed = next(iter(tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)))
     draws = transforms.geometry_draws(first_seed, DRAW_CHUNK)
     out, flips = [], []
@@ -317,6 +318,7 @@ def test_training_on_a_loader_decodes_and_augments_in_one_map(tmp_path, monkeypa
             return build_input_pipeline(examples, 32, 2, training=True, seed=5, shuffle_buffer=4, keys=keys)
 
         fused, other = pipeline(dataset), pipeline(opaque)
+        assert int(fused.cardinality()) == int(other.cardinality()) == 3  # known, for model.fit and schedules
         # Geometries of a chunk, decode + augment, and the objects' transform after batch() (per example when
         # masks are kept) ...
         assert parallel_maps(fused) == 2 + (keys is not None or not include_masks)

@@ -326,6 +326,12 @@ def test_xml_without_size_uses_the_image(voc_root):
         f.write(_xml("000007", None, [("cat", 50, 30, 60, 45, 0)]))  # overhangs the 40x56 image
     second = _examples(_load(voc_root, validate_images=False)[0])[1]
     np.testing.assert_allclose(second["boxes"][0], [29, 49, 40, 56])
+    # A <size> without a usable width is no size either.
+    with open(os.path.join(voc_root, "Annotations", "000007.xml"), "w") as f:
+        f.write(_xml("000007", None, [("cat", 50, 30, 60, 45, 0)]).replace(
+            "<annotation>", "<annotation><size><height>40</height><width>0</width></size>"))
+    second = _examples(_load(voc_root, validate_images=False)[0])[1]
+    np.testing.assert_allclose(second["boxes"][0], [29, 49, 40, 56])
 
 
 def test_training_pipeline_draws_geometries_ahead_with_the_same_batches(voc_root):
@@ -333,6 +339,8 @@ def test_training_pipeline_draws_geometries_ahead_with_the_same_batches(voc_root
     batches as on a dataset the pipeline cannot look into."""
     dataset, _ = _load(voc_root)
     opaque = dataset.map(lambda example: example)
+    pipelines = [build_input_pipeline(d, 32, 2, training=True, seed=1) for d in (dataset, opaque)]
+    assert int(pipelines[0].cardinality()) == int(pipelines[1].cardinality()) > 0
     runs = [
         [batch for batch in build_input_pipeline(d, 32, 2, training=True, seed=1, shuffle_buffer=3).as_numpy_iterator()]
         for d in (dataset, opaque)

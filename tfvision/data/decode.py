@@ -422,8 +422,8 @@ def example(image, objects: dict, segmentation, image_id, max_instances: int, ma
         image_id: int64 [].
         max_instances: N.
         masks: uint8 [n, H, W] or None (then the dict has no "masks").
-        size: int32 [2], the image's (H, W) when the caller already has it (the COCO loader checks it against
-            the decoded image); None reads the image's shape.
+        size: int32 [2], the image's (H, W) when the caller already has it (the COCO and VOC loaders take it
+            from the annotations, checked against the image); None reads the image's shape.
 
     Returns:
         The example dict with objects padded to N rows.

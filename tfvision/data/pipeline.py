@@ -21,7 +21,7 @@ iterator is made, i.e. every epoch, at ~0.1 ms per graph node):
     loader's map too. With it, the draws are zipped beside the examples, and a zip between two maps keeps
     tf.data from fusing them; so on the datasets of tfvision's loaders (`loader_map`) the draws are zipped
     with the loader's index instead, and decoding and augmenting are one map function.
-  - When the loader's index knows each image's size before decoding (COCO folders), the flip and scale
+  - When the loader's index knows each image's size before decoding (COCO and VOC folders), the flip and scale
     jitter geometries of `DRAW_CHUNK` examples are computed at once, vectorised, ahead of decoding: run per
     example, the ~30 small ops of a geometry cost ~40 us of CPU per 128-px example (5% of the pipeline).
 """
@@ -64,16 +64,17 @@ def loader_map(index: tf.data.Dataset, to_example, image_size=None) -> tf.data.D
 
     The parts are remembered, so that `build_input_pipeline` can decode and augment each example in one map
     function when it trains on this dataset: its random draws are zipped with the index instead of with the
-    decoded examples, since a zip between two maps keeps tf.data from fusing them (`bench/data_pipeline.py`
-    on 128-px PNGs with flip and scale jitter: 0.76-0.81 of the bare baseline's images/s, against 0.69-0.77
-    with the zip after decoding).
+    decoded examples, since a zip between two maps keeps tf.data from fusing them (the fusion alone, measured
+    by `bench/data_pipeline.py` on 128-px PNGs with flip and scale jitter: 0.76-0.81 of the bare baseline's
+    images/s, against 0.69-0.77 with the zip after decoding).
 
     Args:
         index: the loader's rows (paths, sizes, padded objects, ...).
         to_example: row -> example dict (reads and decodes).
         image_size: when the rows know their image's (height, width) before decoding, a function of one row
             or a batch of rows that gives it (int32 `[..., 2]`): the pipeline then computes the geometries of
-            `DRAW_CHUNK` examples at once, ahead of decoding.
+            `DRAW_CHUNK` examples at once, ahead of decoding. The rows are batched for that, so each component
+            must have the same shape in every row, or be ragged.
     """
     dataset = index.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
     _LOADER_MAPS[dataset] = (index, to_example, image_size)
@@ -315,13 +316,16 @@ def build_input_pipeline(
         return transform_objects(batch, geometry, output_size, min_box_area)
 
     if by_draws and image_size is not None:
-        # Geometries drawn ahead, a chunk of rows at a time (unbatch() gives back rows of the same spec, ragged
-        # ones included).
+        # Geometries drawn ahead, a chunk of rows at a time (unbatch() gives back rows of the same spec).
+        count = int(dataset.cardinality())
         dataset = tf.data.Dataset.zip(dataset.batch(DRAW_CHUNK), geometry_draw_chunks(seed))
         dataset = dataset.map(
             lambda rows, draws: (rows, draw_ahead(rows, draws)), num_parallel_calls=autotune,
             deterministic=deterministic,
         ).unbatch()
+        if count >= 0:
+            # unbatch() loses the count, which `model.fit` and the trainer's schedules read.
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
     elif by_draws:
         dataset = tf.data.Dataset.zip(dataset, geometry_draw_chunks(seed).unbatch())
     elif options:

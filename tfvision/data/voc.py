@@ -145,6 +145,8 @@ def parse_annotation(path: str) -> dict:
     root = tree.getroot()
     height = _int(root, "size/height", path)
     width = _int(root, "size/width", path)
+    if height is None or width is None or min(height, width) <= 0:
+        height = width = None  # no usable <size>: the image's own header gives it
     boxes, classes, difficult = [], [], []
     for index, obj in enumerate(root.findall("object")):
         where = f"{path}: object {index}"
@@ -302,7 +304,8 @@ def _to_example(s, max_instances, segmentation, check_size):
     """The tf.data map: one index slice -> one example dict."""
     image = decode.read_image(s["path"])
     if check_size:  # validated images (the default) had their size checked at build time
-        image = decode.checked_size(image, s["size"], s["path"], "the <size> in its XML says")
+        source = "the <size> in its XML (or, without one, its header when loaded) says"
+        image = decode.checked_size(image, s["size"], s["path"], source)
     if segmentation:
         semantic = decode.read_class_map(s["class_map_path"], s["ihdr"], s["scale"])
     else:
