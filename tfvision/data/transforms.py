@@ -121,10 +121,15 @@ def horizontal_flip(example: dict) -> dict:
     return out
 
 
+def _check_probability(value, where, name="probability") -> None:
+    """Raises a ValueError naming `where` and `name` unless `value` is in [0, 1]."""
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{where}: {name} must be in [0, 1], got {value}.")
+
+
 def _flip_draw(probability, seed, where) -> tf.Tensor:
     """bool []: whether to flip, drawn with the given probability from a stateless seed."""
-    if not 0.0 <= float(probability) <= 1.0:
-        raise ValueError(f"{where}: probability must be in [0, 1], got {probability}.")
+    _check_probability(probability, where)
     return tf.random.stateless_uniform([], as_seed(seed)) < probability
 
 
@@ -223,8 +228,7 @@ def scale_crop_geometry(
         raise ValueError(
             f"random_scale_crop: scale_range must be (min, max) with 0 < min <= max, got {scale_range}."
         )
-    if not 0.0 <= float(flip_probability) <= 1.0:
-        raise ValueError(f"scale_crop_geometry: flip_probability must be in [0, 1], got {flip_probability}.")
+    _check_probability(flip_probability, "scale_crop_geometry", "flip_probability")
     if draws is None:
         draws = geometry_draws(seed)
     jitter, position, flip = tf.split(draws, [1, 2, 1], axis=-1)
@@ -264,8 +268,7 @@ def random_flip_geometry(geometry: dict, probability: float = 0.5, seed=None, dr
     """
     if draws is None:
         return dict(geometry, flip=_flip_draw(probability, seed, "random_horizontal_flip"))
-    if not 0.0 <= float(probability) <= 1.0:
-        raise ValueError(f"random_flip_geometry: probability must be in [0, 1], got {probability}.")
+    _check_probability(probability, "random_flip_geometry")
     return dict(geometry, flip=draws[..., GEOMETRY_DRAWS - 1] < probability)
 
 
@@ -593,8 +596,7 @@ def expand_window(image_size, max_ratio: float = 4.0, probability: float = 0.5, 
     """
     if not float(max_ratio) >= 1.0:
         raise ValueError(f"expand_window: max_ratio must be >= 1 (canvas side / image side), got {max_ratio}.")
-    if not 0.0 <= float(probability) <= 1.0:
-        raise ValueError(f"expand_window: probability must be in [0, 1], got {probability}.")
+    _check_probability(probability, "expand_window")
     source = tf.cast(image_size, tf.int32)
     draw = tf.random.stateless_uniform([4], as_seed(seed))
     apply, ratio, position = draw[0], draw[1], draw[2:]
