@@ -339,12 +339,9 @@ def test_training_pipeline_draws_geometries_ahead_with_the_same_batches(voc_root
     batches as on a dataset the pipeline cannot look into."""
     dataset, _ = _load(voc_root)
     opaque = dataset.map(lambda example: example)
-    pipelines = [build_input_pipeline(d, 32, 2, training=True, seed=1) for d in (dataset, opaque)]
+    pipelines = [build_input_pipeline(d, 32, 2, training=True, seed=1, shuffle_buffer=3) for d in (dataset, opaque)]
     assert int(pipelines[0].cardinality()) == int(pipelines[1].cardinality()) > 0
-    runs = [
-        [batch for batch in build_input_pipeline(d, 32, 2, training=True, seed=1, shuffle_buffer=3).as_numpy_iterator()]
-        for d in (dataset, opaque)
-    ]
+    runs = [list(pipeline.as_numpy_iterator()) for pipeline in pipelines]
     assert len(runs[0]) == len(runs[1]) > 0
     for ahead, other in zip(*runs):
         for key in ahead:
