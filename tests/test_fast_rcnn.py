@@ -161,8 +161,8 @@ def task_config(root, model_dir):
     config.data.image_size, config.data.batch_size, config.data.augment = 64, 8, ("flip",)
     config.model = small_config(num_classes=4, width=16, fc_units=128)
     config.model.fast_rcnn.num_proposals, config.model.fast_rcnn.num_regions = 64, 32
-    config.train.epochs, config.train.learning_rate, config.train.warmup_steps = 10, 2e-3, 30
-    config.train.eval_every_epochs = 10
+    config.train.epochs, config.train.learning_rate, config.train.warmup_steps = 7, 2e-3, 30
+    config.train.eval_every_epochs = 7
     config.train.model_dir = str(model_dir)
     return config
 

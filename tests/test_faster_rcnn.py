@@ -309,7 +309,7 @@ def test_short_training_on_shapes_clears_an_ap50_bar(shapes):
     config = model_config(FPN_SETTINGS)
     model = build_faster_rcnn(config, (SIZE, SIZE, 3))
     untrained = box_ap50(model, shapes)
-    steps = 320
+    steps = 240
     schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=2e-3, warmup_steps=30)
     model.compile(optimizer=keras.optimizers.Adam(schedule))
     train = _pairs(shapes, "train", 8, True, make_target_encoder(config, SIZE)).repeat()

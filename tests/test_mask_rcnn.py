@@ -209,7 +209,7 @@ def test_short_training_on_shapes_clears_a_mask_ap50_bar(shapes):
     train = pipeline.build_input_pipeline(dataset, SIZE, 8, training=True, augment=("flip",), seed=0,
                                           keys=("images", "boxes", "classes", "masks"))
     train = train.map(lambda ex: (ex["images"], encoder(ex["boxes"], ex["classes"], ex["masks"]))).repeat()
-    steps = 320
+    steps = 240
     schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=2e-3, warmup_steps=30)
     model.compile(optimizer=keras.optimizers.Adam(schedule))
     model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0)

@@ -431,12 +431,12 @@ def test_brief_training_on_shapes_clears_an_ap50_bar(shapes_64):
     train = build_input_pipeline(dataset.repeat(), 64, 8, training=True, augment=("flip",), seed=0,
                                  keys=("images", "boxes", "classes"))
     train = train.map(lambda ex: (ex["images"], encoder(ex["boxes"], ex["classes"])))
-    steps = 600
+    steps = 450
     schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=2e-3, warmup_steps=50)
     model.compile(optimizer=keras.optimizers.Adam(schedule))
     history = model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
     assert set(history.history) >= {"loss", "class_loss", "box_loss"}
     trained = coco_ap50(model, shapes_64)
-    bar = 0.25  # measured: untrained 0.0002, trained 0.38 (600 steps)
+    bar = 0.25  # measured: untrained 0.0002, trained 0.33 (450 steps; 0.36-0.38 after 600)
     assert untrained < bar, untrained
     assert trained > bar, (untrained, trained)

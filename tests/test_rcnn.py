@@ -282,8 +282,8 @@ def test_brief_training_on_shapes_clears_an_ap50_bar(shapes_64, tmp_path):
     config.data.image_size, config.data.batch_size, config.data.augment = 64, 8, ("flip",)
     config.model = small_config(num_classes=4, width=16, fc_units=128, context_padding=2)
     config.model.rcnn.num_proposals, config.model.rcnn.num_regions = 64, 24
-    config.train.epochs, config.train.learning_rate, config.train.warmup_steps = 7, 2e-3, 30
-    config.train.eval_every_epochs = 7
+    config.train.epochs, config.train.learning_rate, config.train.warmup_steps = 4, 2e-3, 30
+    config.train.eval_every_epochs = 4
     config.train.model_dir = str(tmp_path / "run")
     keras.utils.set_random_seed(0)
 

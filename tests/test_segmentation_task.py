@@ -1,6 +1,6 @@
 """Segmentation end to end on the shapes data: train, evaluate, export and predict through the task and CLI.
 
-Each architecture family trains briefly (300 steps, ~1 min on 2 CPU cores) on 64-px shapes and must clear an
+Each architecture family trains briefly (240 steps, ~1 min on 2 CPU cores) on 64-px shapes and must clear an
 mIoU bar that the same model untrained cannot reach.
 """
 
@@ -50,9 +50,9 @@ def family_root(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["unet", "segnet_unpool", "fcn8s"])
 def test_family_trains_on_shapes_past_an_untrained_model(name, family_root, tmp_path):
-    # The config's own optimizer, schedule and augmentation; only the length is cut to 300 steps.
+    # The config's own optimizer, schedule and augmentation; only the length is cut to 240 steps.
     config = config_for(name, family_root, tmp_path, "data.batch_size=8", "train.epochs=3",
-                        "train.steps_per_epoch=100", "train.warmup_steps=20")
+                        "train.steps_per_epoch=80", "train.warmup_steps=20")
     _, val_ds, label_map = segmentation.datasets(config)
     from tfvision.models import build_model
 

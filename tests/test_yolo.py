@@ -460,8 +460,9 @@ def _train_and_score(config, root, steps, learning_rate, class_agnostic=False):
 def test_yolov3_brief_training_on_shapes_clears_an_ap50_bar(shapes_root):
     config = _v3_config(width=8, neck_filters=16, anchors=K_MEANS_PRIORS_64)
     config.yolo.assign_iou = 0.5  # as configs/shapes/yolo.yaml: 0.23 after 400 steps, against 0.11 without
-    untrained, trained = _train_and_score(config, shapes_root, steps=400, learning_rate=3e-3)
-    # Measured: AP50 0.23 after 400 steps; untrained 0.0 (objectness starts at 0.01, below the 0.05 threshold).
+    untrained, trained = _train_and_score(config, shapes_root, steps=300, learning_rate=3e-3)
+    # Measured: AP50 0.19 after 300 steps (0.23-0.26 after 400); untrained 0.0 (objectness starts at 0.01, below
+    # the 0.05 threshold).
     assert untrained < 0.02
     assert trained > 0.1, f"YOLOv3 AP50 after 400 steps: {trained:.3f} (untrained {untrained:.3f})"
 
