@@ -464,7 +464,7 @@ def test_yolov3_brief_training_on_shapes_clears_an_ap50_bar(shapes_root):
     # Measured: AP50 0.19 after 300 steps (0.23-0.26 after 400); untrained 0.0 (objectness starts at 0.01, below
     # the 0.05 threshold).
     assert untrained < 0.02
-    assert trained > 0.1, f"YOLOv3 AP50 after 400 steps: {trained:.3f} (untrained {untrained:.3f})"
+    assert trained > 0.1, f"YOLOv3 AP50 after 300 steps: {trained:.3f} (untrained {untrained:.3f})"
 
 
 @pytest.mark.slow
@@ -476,7 +476,7 @@ def test_yolov1_brief_training_on_shapes_clears_an_ap50_bar(shapes_root):
     config.yolo.dropout = 0.0
     config.yolo.confidence_target = "one"
     untrained, trained = _train_and_score(config, shapes_root, steps=600, learning_rate=5e-4, class_agnostic=True)
-    # Measured: AP50 0.11 after 600 steps; untrained 0.0.
+    # Measured: AP50 0.07-0.11 after 600 steps; untrained 0.0.
     assert untrained < 0.03
     assert trained > 0.04, f"YOLOv1 AP50 after 600 steps: {trained:.3f} (untrained {untrained:.3f})"
 
