@@ -131,6 +131,7 @@ def test_both_heads_read_one_trunk_call():
 def test_anchor_order_is_the_heads_emission_order():
     # Content moved by one stride down (right) moves the outputs of interior cells by one grid row (column),
     # and the reference boxes by (8, 0, 8, 0) ((0, 8, 0, 8)): reference box i belongs to the cell output i.
+    keras.utils.set_random_seed(0)
     model = build_overfeat(small_config(level=3), (128, 128, 3))
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, (128, 128, 3)).astype(np.float32)
@@ -143,15 +144,18 @@ def test_anchor_order_is_the_heads_emission_order():
     interior = range(4, 11)
     for key in ("class_logits", "box_deltas"):
         out = raw[key].numpy()
+        # The heads start with small weights (an output varies by ~1e-3 to 1e-1 from cell to cell): the tolerance
+        # follows that spread.
+        tolerance = 1e-4 * np.ptp(out[0], axis=0).max()
         for r in interior:
             for c in interior:
                 i = r * grid + c
-                np.testing.assert_allclose(out[1, i + grid], out[0, i], atol=1e-4, err_msg=key)
-                np.testing.assert_allclose(out[2, i + 1], out[0, i], atol=1e-4, err_msg=key)
+                np.testing.assert_allclose(out[1, i + grid], out[0, i], rtol=0, atol=tolerance, err_msg=key)
+                np.testing.assert_allclose(out[2, i + 1], out[0, i], rtol=0, atol=tolerance, err_msg=key)
                 np.testing.assert_allclose(anchors[i + grid] - anchors[i], [8, 0, 8, 0])
                 np.testing.assert_allclose(anchors[i + 1] - anchors[i], [0, 8, 0, 8])
-        # The check can fail: far apart cells differ.
-        assert np.abs(out[0, 4 * grid + 4] - out[0, 10 * grid + 10]).max() > 1e-4
+        # The check can fail: neighbouring cells' outputs differ by far more than the tolerance.
+        assert np.abs(out[0, 5 * grid + 5] - out[0, 5 * grid + 6]).max() > 100 * tolerance, key
 
 
 # --- the image pyramid ---
