@@ -369,6 +369,8 @@ class LossConfig:
 class TrainConfig:
     """How `tfvision train` fits the model.
 
+    `steps_per_epoch`: 0 = one full pass over the training data per epoch; N > 0 = N steps per epoch, the data
+    repeating as needed (an epoch may end mid-pass or span passes; the next one goes on where it stopped).
     `strategy`: `default`, `mirrored` (all local devices), `multi_worker` (from TF_CONFIG) or `tpu`.
     `schedule`: `constant`, `cosine` (to 0 at the end of training) or `step` (multiplied by `decay_rate` after
     each epoch listed in `decay_epochs`); the rate warms up linearly over `warmup_steps`.

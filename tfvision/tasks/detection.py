@@ -154,7 +154,7 @@ def fit_alternating(trainer, train_pairs) -> list:
     """
     from tfvision.models.detection.faster_rcnn import train_alternating
     from tfvision.config import save_config
-    from tfvision.training.trainer import build_optimizer
+    from tfvision.training.trainer import build_optimizer, epochs_of_steps
 
     config = trainer.config
     steps = config.train.steps_per_epoch or None
@@ -164,7 +164,7 @@ def fit_alternating(trainer, train_pairs) -> list:
     save_config(config, os.path.join(trainer.model_dir, "config.yaml"))
     with trainer.strategy.scope():
         histories = train_alternating(
-            trainer.model, train_pairs, tuple(config.model.faster_rcnn.alternating_epochs),
+            trainer.model, epochs_of_steps(train_pairs, steps), tuple(config.model.faster_rcnn.alternating_epochs),
             optimizer=lambda: build_optimizer(config.train, schedule_steps), steps_per_epoch=steps,
             callbacks=[keras.callbacks.TerminateOnNaN()],
         )

@@ -150,6 +150,7 @@ class Trainer:
                 "set train.steps_per_epoch, or do not repeat the dataset."
             )
         self._compile(self.steps_for_schedule(train_ds))
+        train_ds = epochs_of_steps(train_ds, steps)
         self._build_for_multi_worker(train_ds)
         if is_chief(self.strategy):
             os.makedirs(self.model_dir, exist_ok=True)
@@ -254,6 +255,16 @@ class Trainer:
         if self.freeze_epochs > 0:
             callbacks.append(FreezeBackbone(self.freeze_epochs))
         return callbacks
+
+
+def epochs_of_steps(train_ds: tf.data.Dataset, steps_per_epoch: int | None) -> tf.data.Dataset:
+    """The training data for `model.fit(steps_per_epoch=...)`: repeated when a number of steps is set, so every
+    epoch has exactly that many (where a finite dataset runs out, Keras ends the epoch early with a warning, and
+    the learning-rate schedule, sized by `train.steps_per_epoch`, never reaches its end); the next epoch goes on
+    where the last one stopped, with a new shuffle and new augmentation draws for each pass."""
+    if steps_per_epoch and int(train_ds.cardinality()) != int(tf.data.INFINITE_CARDINALITY):
+        return train_ds.repeat()
+    return train_ds
 
 
 def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:

@@ -109,16 +109,17 @@ class ExperimentHyperModel(keras_tuner.HyperModel):
                 f"initial_epoch, callbacks and verbose to tuner.search (got {len(args)} positional arguments "
                 f"and {sorted(kwargs)})."
             )
-        from tfvision.training.trainer import ema_callbacks
+        from tfvision.training.trainer import ema_callbacks, epochs_of_steps
 
         config = self.sample_config(hp)
         train_ds, val_ds = self.datasets(config)
+        steps = config.train.steps_per_epoch or None
         return model.fit(
-            train_ds,
+            epochs_of_steps(train_ds, steps),
             validation_data=val_ds,
             epochs=epochs or config.train.epochs,
             initial_epoch=initial_epoch,
-            steps_per_epoch=config.train.steps_per_epoch or None,
+            steps_per_epoch=steps,
             callbacks=ema_callbacks(config.train) + list(callbacks),  # the tuner scores the averaged weights
             shuffle=False,  # datasets come shuffled (or not) from the input pipeline
             verbose=verbose,
