@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tfvision predict --model $(DEMO_DIR)/saved_models/shapes_unet/1 $(DEMO_VAL) --out $(DEMO_DIR)/predictions
 
 # Two worker processes (pytest-xdist): most tests are single-threaded Python and graph tracing, so two
-# workers on two cores halve the wall time (20 min -> 9.5 min on a 2-core Xeon with AVX-512; 17-18 min on a
+# workers on two cores halve the wall time (20 min -> 9.5 min on a 2-core Xeon with AVX-512; 15-18 min on a
 # 2-core AVX2-only EPYC). More cores give at most 4 workers; tests/conftest.py gives each one op thread per core.
 # --maxschedchunk 2: tests are handed out two at a time as workers free up, so the long training tests, which
 # tests/conftest.py puts first, spread over both workers and the short ones fill in at the end (by default the
