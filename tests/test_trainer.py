@@ -97,29 +97,17 @@ def test_fit_writes_the_run_folder_and_evaluates_periodically(tmp_path):
     assert not glob.glob(os.path.join(model_dir, "**", "*.tmp*"), recursive=True)
 
 
-class StepsPerEpoch(keras.callbacks.Callback):
-    """How many training steps each epoch ran."""
-
-    def on_train_begin(self, logs=None):
-        self.counts = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.counts.append(0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.counts[-1] += 1
-
-
 @pytest.mark.parametrize("steps", [6, 3])
 def test_steps_per_epoch_is_exact_whatever_the_datas_length(tmp_path, steps):
     # 32 images / batch 8 = 4 batches a pass: 6 steps per epoch span passes (Keras alone would end each epoch
     # after 4, with a "ran out of data" warning, under a schedule sized for 6), 3 end mid-pass.
     trainer = make_trainer(make_config(tmp_path, epochs=2, steps_per_epoch=steps, schedule="cosine"))
-    counted = StepsPerEpoch()
+    recorded = Record()
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*ran out of data.*")
-        trainer.fit(pattern_pairs(), callbacks=[counted], verbose=0)
-    assert counted.counts == [steps, steps]
+        trainer.fit(pattern_pairs(), callbacks=[recorded], verbose=0)
+    # Epoch 1 starts after `steps` steps and ends after 2 * `steps`.
+    assert recorded.steps_at_begin == {0: 0, 1: steps}
     assert int(trainer.model.optimizer.iterations.numpy()) == 2 * steps
     assert float(trainer.model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-6)  # the cosine's end
 
